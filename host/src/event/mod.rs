@@ -1,0 +1,78 @@
+//! Events as JSON: the one-level view the router works with, and what a record header says
+//! about an event.
+
+pub mod raw_object;
+
+pub use raw_object::{RawObject, json_string};
+
+use crate::dedupe;
+use crate::ids::{Offset, SourceId};
+use crate::log::{EventType, RecordKind, RecordMeta};
+
+/// The routing facts of an event, as the log's record header carries them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub event_type: EventType,
+    /// `event` of a track, `name` of a page or screen; empty otherwise.
+    pub event_name: String,
+    /// `anonymousId` when present, else `userId`: a device's stream keeps its order across
+    /// `identify`.
+    pub ordering_key: String,
+    pub message_id: Option<String>,
+}
+
+impl Header {
+    pub fn of(obj: &RawObject<'_>) -> Header {
+        let event_type = obj
+            .get_str("type")
+            .ok()
+            .flatten()
+            .and_then(|t| EventType::parse(&t))
+            .unwrap_or(EventType::Unknown);
+        let name_field = match event_type {
+            EventType::Track => Some("event"),
+            EventType::Page | EventType::Screen => Some("name"),
+            _ => None,
+        };
+        let event_name = name_field
+            .and_then(|f| obj.get_str(f).ok().flatten())
+            .map(|s| s.into_owned())
+            .unwrap_or_default();
+        let ordering_key = obj
+            .get_id("anonymousId")
+            .or_else(|| obj.get_id("userId"))
+            .map(|s| s.into_owned())
+            .unwrap_or_default();
+        let message_id = obj
+            .get_str("messageId")
+            .ok()
+            .flatten()
+            .map(|s| s.into_owned());
+        Header {
+            event_type,
+            event_name,
+            ordering_key,
+            message_id,
+        }
+    }
+
+    /// The record metadata of an event with this header.
+    pub fn record_meta(
+        self,
+        kind: RecordKind,
+        source: SourceId,
+        received_at_ms: i64,
+        origin: Option<Offset>,
+    ) -> RecordMeta {
+        RecordMeta {
+            kind,
+            event_type: self.event_type,
+            received_at_ms,
+            source,
+            event_name: self.event_name,
+            ordering_key: self.ordering_key,
+            dedupe_key: self.message_id.as_deref().map_or(0, dedupe::key_of),
+            origin,
+        }
+    }
+}

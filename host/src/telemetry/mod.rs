@@ -1,0 +1,379 @@
+//! Every metric the router exports, defined in one place (Vector's "internal events" idea): each
+//! component gets a typed handle to its own metrics and never names a metric itself.
+//!
+//! Exported in Prometheus text format on the admin listener's `/metrics`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub source: String,
+    /// `accepted`, `invalid` or `duplicate`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LogLabels {
+    pub log: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    pub plugin: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub plugin: String,
+    pub version: String,
+    /// `keep`, `drop`, `fail`, `expand`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginEventLabels {
+    pub plugin: String,
+    /// `deployed`, `rejected`, `rolled_back`, `auto_rolled_back`.
+    pub event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: String,
+}
+
+/// Metrics of the plugin runtime and the pipeline, labelled with plugin and version.
+pub struct PluginMetrics {
+    pub calls: Family<PluginLabels, Counter>,
+    pub call_seconds: Family<PluginLabels, Histogram>,
+    pub outcomes: Family<OutcomeLabels, Counter>,
+    /// Calls that trapped, timed out, ran out of memory or returned a malformed result.
+    pub faults: Family<PluginLabels, Counter>,
+    pub lifecycle: Family<PluginEventLabels, Counter>,
+    pub active: Family<PluginLabels, Gauge>,
+    /// Events the pipeline stage wrote to the processed log / dead-letter queue.
+    pub pipeline_events: Family<StageLabels, Counter>,
+    pub dead_lettered: Family<StageLabels, Counter>,
+    counters: Family<Vec<(String, String)>, Counter>,
+    label_sets: Mutex<HashMap<String, HashSet<LabelSet>>>,
+}
+
+/// A plugin counter's labels, as name/value pairs.
+pub type LabelSet = Vec<(String, String)>;
+
+/// Distinct label sets a plugin may create for its own counters; beyond, values fold into
+/// `other` so a plugin labelling by a client-chosen value cannot blow up `/metrics`.
+pub const MAX_PLUGIN_LABEL_SETS: usize = 500;
+
+fn label_name(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    if matches!(out.as_str(), "plugin" | "version" | "counter") {
+        out.insert_str(0, "label_");
+    }
+    out
+}
+
+impl PluginMetrics {
+    /// Adds `delta` to a plugin's own counter `name` with `labels`.
+    pub fn count(
+        &self,
+        plugin: &str,
+        version: &str,
+        name: &str,
+        labels: Vec<(String, String)>,
+        delta: u64,
+    ) {
+        let mut labels: Vec<(String, String)> = labels
+            .into_iter()
+            .map(|(k, v)| (label_name(&k), v))
+            .collect();
+        labels.sort();
+        let key: Vec<(String, String)> = std::iter::once(("counter".to_owned(), name.to_owned()))
+            .chain(labels.iter().cloned())
+            .collect();
+        {
+            let mut sets = self.label_sets.lock();
+            let seen = sets.entry(plugin.to_owned()).or_default();
+            if !seen.contains(&key) {
+                if seen.len() >= MAX_PLUGIN_LABEL_SETS {
+                    for (_, v) in &mut labels {
+                        *v = "other".into();
+                    }
+                } else {
+                    seen.insert(key);
+                }
+            }
+        }
+        let mut full = vec![
+            ("plugin".to_owned(), plugin.to_owned()),
+            ("version".to_owned(), version.to_owned()),
+            ("counter".to_owned(), name.to_owned()),
+        ];
+        full.extend(labels);
+        self.counters.get_or_create(&full).inc_by(delta);
+    }
+}
+
+/// Metrics of the ingest gateway.
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    pub requests: Family<RouteLabels, Counter>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub events: Family<EventLabels, Counter>,
+    pub bytes: Family<SourceLabels, Counter>,
+    pub dedupe_hits: Family<SourceLabels, Counter>,
+    pub ack_seconds: Histogram,
+}
+
+/// Metrics of one log (`raw` or `processed`).
+#[derive(Clone)]
+pub struct LogMetrics {
+    pub fsync_seconds: Histogram,
+    pub appended_records: Counter,
+    pub appended_bytes: Counter,
+    pub size_bytes: Gauge,
+    pub segments: Gauge,
+    pub head: Gauge,
+}
+
+struct LogFamilies {
+    fsync_seconds: Family<LogLabels, Histogram>,
+    appended_records: Family<LogLabels, Counter>,
+    appended_bytes: Family<LogLabels, Counter>,
+    size_bytes: Family<LogLabels, Gauge>,
+    segments: Family<LogLabels, Gauge>,
+    head: Family<LogLabels, Gauge>,
+}
+
+/// The registry and every metric family in it.
+pub struct Metrics {
+    registry: Registry,
+    pub gateway: GatewayMetrics,
+    pub plugins: Arc<PluginMetrics>,
+    log: LogFamilies,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~26 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("weir");
+        let gateway = GatewayMetrics {
+            requests: Family::default(),
+            errors: Family::default(),
+            events: Family::default(),
+            bytes: Family::default(),
+            dedupe_hits: Family::default(),
+            ack_seconds: latency_histogram(),
+        };
+        registry.register(
+            "http_requests",
+            "HTTP requests on the ingest listener, by route and status",
+            gateway.requests.clone(),
+        );
+        registry.register(
+            "http_errors",
+            "Error answers on the ingest listener, by error code",
+            gateway.errors.clone(),
+        );
+        registry.register(
+            "ingest_events",
+            "Events received, by source and result (accepted, invalid, duplicate)",
+            gateway.events.clone(),
+        );
+        registry.register(
+            "ingest_bytes",
+            "Request body bytes received (after gzip decoding), by source",
+            gateway.bytes.clone(),
+        );
+        registry.register(
+            "dedupe_hits",
+            "Events dropped as duplicates of an earlier messageId, by source",
+            gateway.dedupe_hits.clone(),
+        );
+        registry.register(
+            "ingest_ack_seconds",
+            "Time from a request's arrival to its durable acknowledgement",
+            gateway.ack_seconds.clone(),
+        );
+
+        let log = LogFamilies {
+            fsync_seconds: Family::new_with_constructor(latency_histogram),
+            appended_records: Family::default(),
+            appended_bytes: Family::default(),
+            size_bytes: Family::default(),
+            segments: Family::default(),
+            head: Family::default(),
+        };
+        registry.register(
+            "log_fsync_seconds",
+            "Latency of the log writer's fsync (one per group commit)",
+            log.fsync_seconds.clone(),
+        );
+        registry.register(
+            "log_appended_records",
+            "Records made durable in the log",
+            log.appended_records.clone(),
+        );
+        registry.register(
+            "log_appended_bytes",
+            "Bytes made durable in the log",
+            log.appended_bytes.clone(),
+        );
+        registry.register(
+            "log_size_bytes",
+            "Bytes in the log's segments (the size cap applies to this)",
+            log.size_bytes.clone(),
+        );
+        registry.register(
+            "log_segments",
+            "Segment files in the log",
+            log.segments.clone(),
+        );
+        registry.register(
+            "log_head_offset",
+            "Offset the next durable record will get",
+            log.head.clone(),
+        );
+        let plugins = PluginMetrics {
+            calls: Family::default(),
+            call_seconds: Family::new_with_constructor(latency_histogram),
+            outcomes: Family::default(),
+            faults: Family::default(),
+            lifecycle: Family::default(),
+            active: Family::default(),
+            pipeline_events: Family::default(),
+            dead_lettered: Family::default(),
+            counters: Family::default(),
+            label_sets: Mutex::new(HashMap::new()),
+        };
+        registry.register(
+            "plugin_calls",
+            "Batch calls into plugins",
+            plugins.calls.clone(),
+        );
+        registry.register(
+            "plugin_call_seconds",
+            "Duration of a batch call into a plugin",
+            plugins.call_seconds.clone(),
+        );
+        registry.register(
+            "plugin_outcomes",
+            "Outcomes plugins returned, by kind (keep, drop, fail, expand)",
+            plugins.outcomes.clone(),
+        );
+        registry.register(
+            "plugin_faults",
+            "Plugin calls that trapped, timed out, ran out of memory or returned a malformed result",
+            plugins.faults.clone(),
+        );
+        registry.register(
+            "plugin_lifecycle",
+            "Plugin versions deployed, rejected, rolled back and automatically rolled back",
+            plugins.lifecycle.clone(),
+        );
+        registry.register(
+            "plugin_active",
+            "1 for the version of each plugin that is live",
+            plugins.active.clone(),
+        );
+        registry.register(
+            "pipeline_events",
+            "Records the pipeline wrote to the processed log, by stage",
+            plugins.pipeline_events.clone(),
+        );
+        registry.register(
+            "dead_lettered",
+            "Events sent to a dead-letter queue, by stage",
+            plugins.dead_lettered.clone(),
+        );
+        registry.register(
+            "plugin_counter",
+            "Counters plugins keep themselves (host `count`), labelled by plugin, version, counter and the plugin's labels",
+            plugins.counters.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            gateway,
+            plugins: Arc::new(plugins),
+            log,
+        })
+    }
+
+    /// Handles for the log named `name`.
+    pub fn log(&self, name: &'static str) -> LogMetrics {
+        let l = LogLabels { log: name };
+        LogMetrics {
+            fsync_seconds: self.log.fsync_seconds.get_or_create(&l).clone(),
+            appended_records: self.log.appended_records.get_or_create(&l).clone(),
+            appended_bytes: self.log.appended_bytes.get_or_create(&l).clone(),
+            size_bytes: self.log.size_bytes.get_or_create(&l).clone(),
+            segments: self.log.segments.get_or_create(&l).clone(),
+            head: self.log.head.get_or_create(&l).clone(),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl LogMetrics {
+    /// Handles that go nowhere, for tools (`weir log dump`) and tests that export nothing.
+    pub fn detached() -> LogMetrics {
+        LogMetrics {
+            fsync_seconds: latency_histogram(),
+            appended_records: Counter::default(),
+            appended_bytes: Counter::default(),
+            size_bytes: Gauge::default(),
+            segments: Gauge::default(),
+            head: Gauge::default(),
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! [`Event`]: one Segment/RudderStack-spec message, parsed, with where it came from.
+
+use serde_json::{Map, Value};
+
+use crate::path::{self, PathError};
+
+/// Why a payload is not an event.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// The payload is not JSON at all.
+    #[error("event payload is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The payload is JSON but not an object (`[]`, `"text"`, `42`...).
+    #[error("event payload is JSON but not an object")]
+    NotAnObject,
+}
+
+/// One event: the JSON object of a Segment/RudderStack-spec message plus the name of the source
+/// it arrived on and its position in the log.
+///
+/// The object is a [`serde_json::Map`] that keeps key order, so an event a plugin did not touch
+/// serializes as it arrived. Read and write nested fields with dotted paths:
+///
+/// ```
+/// # use weir_plugin::Event;
+/// # use serde_json::json;
+/// let mut event = Event::from_value(json!({
+///     "type": "track",
+///     "event": "Order Completed",
+///     "context": {"traits": {"email": "a@example.com"}}
+/// }))?;
+/// assert_eq!(event.event_name(), Some("Order Completed"));
+/// assert_eq!(event.get_str("context.traits.email"), Some("a@example.com"));
+/// event.set("properties.revenue", 12.5)?;
+/// event.remove("context.traits.email");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    fields: Map<String, Value>,
+    source: String,
+    offset: u64,
+}
+
+impl Event {
+    /// An event with the given fields, no source (`""`) and offset 0. Handy in tests; plugins
+    /// receive their events from the host already built.
+    pub fn new(fields: Map<String, Value>) -> Self {
+        Self {
+            fields,
+            source: String::new(),
+            offset: 0,
+        }
+    }
+
+    /// An event from a JSON value, which must be an object.
+    pub fn from_value(value: Value) -> Result<Self, EventError> {
+        match value {
+            Value::Object(fields) => Ok(Self::new(fields)),
+            _ => Err(EventError::NotAnObject),
+        }
+    }
+
+    /// Parses a payload as the host sends it: UTF-8 JSON holding one object.
+    pub fn from_json(payload: &[u8]) -> Result<Self, EventError> {
+        Self::from_value(serde_json::from_slice(payload)?)
+    }
+
+    /// The same event, attributed to `source` at log position `offset`.
+    pub fn with_origin(mut self, source: impl Into<String>, offset: u64) -> Self {
+        self.source = source.into();
+        self.offset = offset;
+        self
+    }
+
+    /// A new event with `fields` and the same source and offset as `self`: how a fan-out plugin
+    /// builds the events it expands into.
+    pub fn derive(&self, fields: Map<String, Value>) -> Self {
+        Self {
+            fields,
+            source: self.source.clone(),
+            offset: self.offset,
+        }
+    }
+
+    /// The event as UTF-8 JSON, in the form the host expects back.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Writing a `Map<String, Value>` into a `Vec` has no failure case: keys are strings,
+        // numbers are finite by construction and a `Vec` never returns an I/O error.
+        serde_json::to_vec(&self.fields).unwrap_or_else(|_| b"{}".to_vec())
+    }
+
+    /// Name of the source (from weir.toml) the event arrived on.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Position of the event in the log. Stable across retries and replays, but use
+    /// [`message_id`](Self::message_id) as an idempotency key, not this.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The whole JSON object.
+    pub fn fields(&self) -> &Map<String, Value> {
+        &self.fields
+    }
+
+    /// The whole JSON object, to change it freely.
+    pub fn fields_mut(&mut self) -> &mut Map<String, Value> {
+        &mut self.fields
+    }
+
+    /// The JSON object, dropping source and offset.
+    pub fn into_fields(self) -> Map<String, Value> {
+        self.fields
+    }
+
+    /// `type`: `track`, `identify`, `page`, `screen`, `group` or `alias`.
+    pub fn event_type(&self) -> Option<&str> {
+        self.fields.get("type").and_then(Value::as_str)
+    }
+
+    /// Which field names this kind of event: `event` for a track, `name` for a page or a screen.
+    fn name_key(&self) -> Option<&'static str> {
+        match self.event_type()? {
+            "track" => Some("event"),
+            "page" | "screen" => Some("name"),
+            _ => None,
+        }
+    }
+
+    /// The event's name: `event` of a track, `name` of a page or a screen; `None` for other
+    /// types or when the field is missing or not a string.
+    pub fn event_name(&self) -> Option<&str> {
+        self.fields.get(self.name_key()?).and_then(Value::as_str)
+    }
+
+    /// Sets the event's name (see [`event_name`](Self::event_name)). Returns `false`, changing
+    /// nothing, when the event's type has no name (identify, group, alias, unknown).
+    pub fn set_event_name(&mut self, name: impl Into<String>) -> bool {
+        match self.name_key() {
+            Some(key) => {
+                self.fields
+                    .insert(key.to_owned(), Value::String(name.into()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `messageId`, the idempotency key the SDK that sent the event chose.
+    pub fn message_id(&self) -> Option<&str> {
+        self.get_str("messageId")
+    }
+
+    /// `userId`.
+    pub fn user_id(&self) -> Option<&str> {
+        self.get_str("userId")
+    }
+
+    /// `anonymousId`.
+    pub fn anonymous_id(&self) -> Option<&str> {
+        self.get_str("anonymousId")
+    }
+
+    /// The value at a dotted path: keys separated by dots, a numeric segment indexing an array
+    /// (`context.traits.email`, `properties.products.0.sku`). There is no escaping; reach keys
+    /// that contain a dot through [`fields`](Self::fields).
+    pub fn get(&self, path: &str) -> Option<&Value> {
+        path::get(&self.fields, path)
+    }
+
+    /// The string at a dotted path; `None` when missing or not a string.
+    pub fn get_str(&self, path: &str) -> Option<&str> {
+        self.get(path).and_then(Value::as_str)
+    }
+
+    /// The value at a dotted path, to change it in place.
+    pub fn get_mut(&mut self, path: &str) -> Option<&mut Value> {
+        path::get_mut(&mut self.fields, path)
+    }
+
+    /// Writes `value` at a dotted path, creating missing objects on the way (a `null` on the
+    /// way counts as missing), and returns the value it replaced. Fails, changing nothing, when
+    /// a string, number or boolean is in the way or an array index does not exist.
+    pub fn set(&mut self, path: &str, value: impl Into<Value>) -> Result<Option<Value>, PathError> {
+        path::set(&mut self.fields, path, value.into())
+    }
+
+    /// Removes and returns the value at a dotted path. The keys after it keep their order.
+    pub fn remove(&mut self, path: &str) -> Option<Value> {
+        path::remove(&mut self.fields, path)
+    }
+}
+
+impl From<Map<String, Value>> for Event {
+    fn from(fields: Map<String, Value>) -> Self {
+        Self::new(fields)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(value: Value) -> Event {
+        Event::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn names_follow_the_spec_per_type() {
+        let mut track = event(json!({"type": "track", "event": "Signed Up", "name": "x"}));
+        assert_eq!(track.event_name(), Some("Signed Up"));
+        assert!(track.set_event_name("signed_up"));
+        assert_eq!(track.get("event"), Some(&json!("signed_up")));
+
+        let page = event(json!({"type": "page", "name": "Home", "event": "x"}));
+        assert_eq!(page.event_name(), Some("Home"));
+
+        let mut identify = event(json!({"type": "identify", "name": "Ann"}));
+        assert_eq!(identify.event_name(), None);
+        assert!(!identify.set_event_name("x"));
+        assert_eq!(identify.get("name"), Some(&json!("Ann")));
+    }
+
+    #[test]
+    fn parses_only_objects() {
+        assert!(matches!(
+            Event::from_json(b"[1]"),
+            Err(EventError::NotAnObject)
+        ));
+        assert!(matches!(Event::from_json(b"{"), Err(EventError::Json(_))));
+        let parsed = Event::from_json(br#"{"b":1,"a":2}"#).unwrap();
+        assert_eq!(parsed.to_json(), br#"{"b":1,"a":2}"#);
+    }
+
+    #[test]
+    fn derived_events_keep_their_origin() {
+        let original = event(json!({"type": "track"})).with_origin("web", 42);
+        let child = original.derive(Map::new());
+        assert_eq!((child.source(), child.offset()), ("web", 42));
+    }
+}
