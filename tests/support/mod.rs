@@ -237,6 +237,18 @@ pub fn track(message_id: &str, user: &str) -> Value {
     })
 }
 
+/// The cargo target directory these tests were built in (`$OUT_DIR` is
+/// `<target>/<profile>/build/<pkg>/out`).
+pub fn target_dir() -> PathBuf {
+    let out = Path::new(env!("OUT_DIR"));
+    out.ancestors()
+        .find(|p| p.file_name().is_some_and(|n| n == "build"))
+        .and_then(|b| b.parent())
+        .and_then(|p| p.parent())
+        .unwrap_or(out)
+        .to_owned()
+}
+
 /// Polls `f` until it returns `Some` or `timeout` passes.
 pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;

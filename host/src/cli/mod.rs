@@ -1,6 +1,9 @@
 //! The `weir` command line.
 
+mod admin_client;
+mod dlq;
 mod dump;
+mod plugin;
 mod serve;
 
 use std::path::PathBuf;
@@ -37,6 +40,16 @@ enum Command {
     CheckConfig {
         /// The weir.toml to check.
         file: PathBuf,
+    },
+    /// Write, build, test and deploy plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: plugin::PluginCommand,
+    },
+    /// List and replay dead-lettered events.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
     },
 }
 
@@ -85,6 +98,8 @@ pub fn main() -> ExitCode {
             command: LogCommand::Dump { data_dir, stage },
         } => dump::run(&data_dir, stage),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Plugin { command } => plugin::run(command),
+        Command::Dlq { command } => dlq::run(command),
     };
     match result {
         Ok(code) => code,

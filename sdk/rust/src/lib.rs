@@ -42,7 +42,8 @@
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2` (crate type `cdylib`); the
 //! `.wasm` file is the component. Compiled natively the same crate is ordinary Rust: unit tests
-//! and benches call the trait methods directly, and [`testing`] runs fixture files.
+//! and benches call the trait methods directly, and the `testing` module (native only) runs
+//! fixture files.
 //!
 //! The pieces:
 //!
@@ -50,7 +51,7 @@
 //! - [`Outcome`]: keep, drop, fail or expand (fan out);
 //! - [`Plugin`] (typed config, `init`) and one of [`Transform`], [`Filter`], [`Destination`];
 //! - [`export_transform!`], [`export_filter!`], [`export_destination!`];
-//! - host functions: [`log`] (and [`info!`], [`warn!`]...), [`now_ms`], [`count`];
+//! - host functions: [`log()`] (and [`info!`], [`warn!`]...), [`now_ms`], [`count`];
 //! - [`raw`]: the byte-level batch, for benches and the rare plugin that wants the bytes.
 //!
 //! Robustness the SDK provides, so plugins need not: an event whose payload is not a JSON
