@@ -5,6 +5,12 @@
 //! The components land in `$OUT_DIR/plugins/<name>.wasm` (`normalize`, `fanout`, `pii-mask`,
 //! `fault-loop`, ...). The nested cargo uses its own target directory (`<target>/wasm`) so it
 //! never waits on the lock of the build that runs this script.
+//!
+//! It also provides `libduckdb.so` for the embedded warehouse: the official prebuilt library,
+//! taken from the npm package DuckDB publishes it in (building DuckDB's C++ from source takes
+//! tens of minutes on two cores; see docs/adr/0004-warehouse.md). It is kept in
+//! `<target>/duckdb-<version>/` and the binaries get an rpath to it. `DUCKDB_LIB_DIR` points
+//! at another copy instead.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -25,6 +31,11 @@ const PLUGINS: &[(&str, &str)] = &[
 
 const TARGET: &str = "wasm32-wasip2";
 
+/// The npm package holding the prebuilt `libduckdb.so` (C API; the `duckdb` crate's bindings
+/// target C API v1, which later libraries keep).
+const DUCKDB_NPM: &str = "@duckdb/node-bindings-linux-x64@1.5.6-r.1";
+const DUCKDB_DIR: &str = "duckdb-1.5.6";
+
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest
@@ -42,13 +53,77 @@ fn main() {
     }
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
     let wasm_target_dir = target_dir(&out_dir).join("wasm");
+    link_duckdb(&target_dir(&out_dir));
+    build_plugins(&root, &out_dir, &wasm_target_dir);
+}
 
+/// Makes `libduckdb.so` available to the linker and, through an rpath, at run time.
+fn link_duckdb(target: &Path) {
+    println!("cargo::rerun-if-env-changed=DUCKDB_LIB_DIR");
+    let dir = match env::var_os("DUCKDB_LIB_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let dir = target.join(DUCKDB_DIR);
+            if !dir.join("libduckdb.so").exists() {
+                fetch_duckdb(&dir);
+            }
+            dir
+        }
+    };
+    println!("cargo::rustc-link-search=native={}", dir.display());
+    println!("cargo::rustc-link-arg=-Wl,-rpath,{}", dir.display());
+}
+
+fn fetch_duckdb(dir: &Path) {
+    let staging = dir.with_extension("download");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).expect("create the DuckDB download dir");
+    let run = |cmd: &mut Command, what: &str| {
+        let status = cmd
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+        if !status.success() {
+            panic!(
+                "{what} failed while fetching the prebuilt libduckdb ({DUCKDB_NPM}). It needs                  npm and the npm registry; or set DUCKDB_LIB_DIR to a directory holding                  libduckdb.so."
+            );
+        }
+    };
+    run(
+        Command::new("npm")
+            .args(["pack", DUCKDB_NPM, "--silent"])
+            .current_dir(&staging),
+        "npm pack",
+    );
+    let tarball = std::fs::read_dir(&staging)
+        .expect("read the DuckDB download dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "tgz"))
+        .expect("npm pack produced a .tgz");
+    run(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&tarball)
+            .arg("package/libduckdb.so")
+            .current_dir(&staging),
+        "tar",
+    );
+    std::fs::create_dir_all(dir).expect("create the DuckDB dir");
+    std::fs::rename(
+        staging.join("package/libduckdb.so"),
+        dir.join("libduckdb.so"),
+    )
+    .expect("move libduckdb.so into place");
+    let _ = std::fs::remove_dir_all(&staging);
+}
+
+fn build_plugins(root: &Path, out_dir: &Path, wasm_target_dir: &Path) {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(&root)
+    cmd.current_dir(root)
         .args(["build", "--release", "--locked", "--target", TARGET])
         .arg("--target-dir")
-        .arg(&wasm_target_dir);
+        .arg(wasm_target_dir);
     for (package, _) in PLUGINS {
         cmd.args(["-p", package]);
     }

@@ -6,16 +6,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use support::{Weir, client, config, track};
 
 fn auth() -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode("test-key:")
-    )
+    support::basic("test-key")
 }
 
 fn batch_ids(sender: usize, n: usize) -> Vec<String> {

@@ -6,17 +6,9 @@ mod support;
 use std::io::Write;
 use std::time::Duration;
 
-use base64::Engine;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Weir, client, config, track};
-
-fn basic(key: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
-    )
-}
+use support::{Weir, basic, client, config, track};
 
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -462,14 +454,7 @@ async fn duplicates_are_acknowledged_and_stored_once_even_across_restarts() {
     assert_eq!(r.status(), 200);
     assert_eq!(ids(&weir), ["d1", "d2", "d3", "d4", "d5", "d6"]);
 
-    let metrics = c
-        .get(weir.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::metrics(&weir).await;
     assert!(
         metrics.contains(r#"weir_dedupe_hits_total{source="web"} 1"#),
         "{metrics}"
@@ -553,14 +538,7 @@ async fn health_and_metrics() {
         .send()
         .await
         .unwrap();
-    let metrics = c
-        .get(weir.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::metrics(&weir).await;
     for needle in [
         r#"weir_http_requests_total{route="batch",status="200"} 1"#,
         r#"weir_http_errors_total{code="invalid_json"} 1"#,

@@ -22,10 +22,7 @@ fn wasm(name: &str) -> String {
 }
 
 fn auth() -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode("test-key:")
-    )
+    support::basic("test-key")
 }
 
 /// A config with source `web` (write key `test-key`) running `chain`, plus `plugins`.
@@ -295,14 +292,7 @@ config = {{ case = "snake_case" }}
     // Still up and serving.
     let r = c.get(weir.url("/health/ready")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let metrics = c
-        .get(weir.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::metrics(&weir).await;
     assert!(
         metrics.contains(r#"weir_dead_lettered_total{stage="pipeline"} 5"#),
         "{metrics}"
@@ -457,14 +447,7 @@ async fn hot_reload_under_load_loses_and_duplicates_nothing() {
         tagger["versions"].as_array().unwrap().len() >= 5,
         "{tagger}"
     );
-    let metrics = client()
-        .get(weir.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::metrics(&weir).await;
     assert!(
         metrics.contains(r#"weir_plugin_lifecycle_total{plugin="tagger",event="rejected"} 4"#),
         "{metrics}"
@@ -556,14 +539,7 @@ async fn a_failing_version_is_rolled_back_and_its_events_replayed() {
         dlq_list(&weir).is_empty(),
         "the DLQ is empty after the replay"
     );
-    let metrics = client()
-        .get(weir.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::metrics(&weir).await;
     // The restart reset counters; the log line and the version list are the durable record.
     assert!(metrics.contains("weir_plugin_active"), "{metrics}");
 }

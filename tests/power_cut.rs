@@ -10,7 +10,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use parking_lot::Mutex;
 use rand::Rng;
 use serde_json::{Value, json};
@@ -38,10 +37,7 @@ fn test_config() -> Config {
 }
 
 fn auth() -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode("test-key:")
-    )
+    support::basic("test-key")
 }
 
 fn batch(ids: &[String]) -> Value {

@@ -29,6 +29,7 @@ use crate::plugin::registry::{PluginSlot, Registry};
 use crate::plugin::{PluginEngine, PluginError};
 use crate::server;
 use crate::telemetry::Metrics;
+use crate::warehouse::WarehouseLoader;
 
 /// How often segments every consumer is past are looked for.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(1);
@@ -58,6 +59,7 @@ pub struct Layout {
     pub raw_log: PathBuf,
     pub processed_log: PathBuf,
     pub raw_offsets: PathBuf,
+    pub processed_offsets: PathBuf,
     pub dedupe: PathBuf,
     pub admin_token: PathBuf,
     pub plugin_cache: PathBuf,
@@ -71,6 +73,7 @@ impl Layout {
             raw_log: data_dir.join("log").join("raw"),
             processed_log: data_dir.join("log").join("processed"),
             raw_offsets: data_dir.join("offsets").join("raw"),
+            processed_offsets: data_dir.join("offsets").join("processed"),
             dedupe: data_dir.join("dedupe"),
             admin_token: data_dir.join("admin.token"),
             plugin_cache: data_dir.join("plugin-cache"),
@@ -96,7 +99,7 @@ pub struct App {
     /// Tells the background threads (dedupe journal, pipeline, plugin watcher) to stop.
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
-    retention: JoinHandle<()>,
+    retention: Vec<JoinHandle<()>>,
 }
 
 struct Opened {
@@ -104,6 +107,7 @@ struct Opened {
     processed_log: Log,
     pipeline_dlq: Arc<Dlq>,
     offsets: Arc<OffsetStore>,
+    processed_offsets: Arc<OffsetStore>,
     indexes: journal::Indexes,
     dedupe_from: Offset,
     pipeline_from: Offset,
@@ -139,6 +143,10 @@ fn open(
         metrics.log("dlq"),
     )?);
     let offsets = Arc::new(OffsetStore::open(storage.clone(), &layout.raw_offsets)?);
+    let processed_offsets = Arc::new(OffsetStore::open(
+        storage.clone(),
+        &layout.processed_offsets,
+    )?);
     let indexes: journal::Indexes = config
         .sources
         .iter()
@@ -157,6 +165,18 @@ fn open(
         &offsets,
     )?;
     let pipeline_from = pipeline::resume_offset(&raw_log, &processed_log, &offsets)?;
+    // A new warehouse starts where the processed log is now (or at its oldest record with
+    // `backfill`); fixed before any traffic is accepted, so no event slips past it.
+    for w in &config.warehouses {
+        if processed_offsets.load(&w.consumer())?.is_none() {
+            let start = if w.backfill {
+                processed_log.oldest()
+            } else {
+                processed_log.head().next
+            };
+            processed_offsets.commit(&w.consumer(), start)?;
+        }
+    }
     let admin_token = match &config.admin.token {
         Some(t) => t.clone(),
         None => load_or_create_secret(storage.as_ref(), &layout.admin_token)?,
@@ -174,6 +194,7 @@ fn open(
         processed_log,
         pipeline_dlq,
         offsets,
+        processed_offsets,
         indexes,
         dedupe_from,
         pipeline_from,
@@ -229,6 +250,7 @@ impl App {
             processed_log,
             pipeline_dlq,
             offsets,
+            processed_offsets,
             indexes,
             dedupe_from,
             pipeline_from,
@@ -281,9 +303,36 @@ impl App {
                 .map_err(thread_err("start the plugin watcher"))?,
         );
 
-        // Raw segments go once the pipeline and the dedupe journal are past them.
+        for spec in &config.warehouses {
+            threads.push(
+                WarehouseLoader {
+                    spec: spec.clone(),
+                    log: processed_log.shared().clone(),
+                    offsets: processed_offsets.clone(),
+                    metrics: metrics.warehouses.clone(),
+                    data_dir: config.data_dir.clone(),
+                }
+                .spawn(stop.clone())
+                .map_err(thread_err("start a warehouse loader"))?,
+            );
+        }
+
+        // Raw segments go once the pipeline and the dedupe journal are past them; processed
+        // segments once every warehouse is (and never while nothing reads them).
         let consumers: Vec<ConsumerId> = vec![pipeline::consumer(), journal::consumer()];
-        let retention = spawn_retention(raw_log.shared().clone(), offsets.clone(), consumers);
+        let mut retention = vec![spawn_retention(
+            raw_log.shared().clone(),
+            offsets.clone(),
+            consumers,
+        )];
+        let downstream: Vec<ConsumerId> = config.warehouses.iter().map(|w| w.consumer()).collect();
+        if !downstream.is_empty() {
+            retention.push(spawn_retention(
+                processed_log.shared().clone(),
+                processed_offsets.clone(),
+                downstream,
+            ));
+        }
 
         let sources: HashMap<SourceId, Arc<SourceState>> = config
             .sources
@@ -374,7 +423,9 @@ impl App {
         }
         // The servers held the last references to the gateway's appender.
         drop(self.gateway);
-        self.retention.abort();
+        for r in self.retention {
+            r.abort();
+        }
         let (raw_log, processed_log, dlq) = (self.raw_log, self.processed_log, self.pipeline_dlq);
         let (stop, threads) = (self.stop, self.threads);
         let joined = tokio::task::spawn_blocking(move || {

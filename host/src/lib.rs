@@ -18,3 +18,4 @@ pub mod plugin;
 pub mod server;
 pub mod telemetry;
 pub mod timestamp;
+pub mod warehouse;

@@ -216,6 +216,28 @@ pub fn dump(data_dir: &Path, stage: &str) -> Vec<Value> {
         .collect()
 }
 
+/// `Authorization` header value for Basic auth with `key` as user and an empty password, as
+/// the SDKs send it.
+pub fn basic(key: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
+    )
+}
+
+/// The admin listener's `/metrics` text.
+pub async fn metrics(weir: &Weir) -> String {
+    client()
+        .get(weir.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
 /// An HTTP client with no connection reuse surprises.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()

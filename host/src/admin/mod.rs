@@ -146,16 +146,7 @@ impl Admin {
             }
             (Method::GET, ["dlq", queue]) => {
                 let dlq = self.dlq(queue)?;
-                let entries = blocking(move || {
-                    dlq.entries().map_err(|e| {
-                        ApiError::new(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "storage_error",
-                            e.to_string(),
-                        )
-                    })
-                })
-                .await?;
+                let entries = blocking(move || dlq.entries()).await?;
                 Ok(json_response(
                     StatusCode::OK,
                     json!({"queue": queue, "entries": entries}),
@@ -229,16 +220,7 @@ impl Admin {
             ));
         }
         let reader = dlq.clone();
-        let entries = blocking(move || {
-            reader.entries().map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "storage_error",
-                    e.to_string(),
-                )
-            })
-        })
-        .await?;
+        let entries = blocking(move || reader.entries()).await?;
         let Some(last) = entries.last().map(|e| e.id) else {
             return Ok(json_response(StatusCode::OK, json!({"replayed": 0})));
         };
@@ -269,18 +251,7 @@ impl Admin {
         // At least once: the entries are cleared only after the events are durable again.
         self.raw.append(records).await?;
         let clearer = dlq.clone();
-        blocking(move || {
-            clearer
-                .clear_before(crate::ids::Offset(last + 1))
-                .map_err(|e| {
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "storage_error",
-                        e.to_string(),
-                    )
-                })
-        })
-        .await?;
+        blocking(move || clearer.clear_before(crate::ids::Offset(last + 1))).await?;
         tracing::info!(queue = %dlq.name, events = n, "replayed dead letters");
         Ok(json_response(StatusCode::OK, json!({"replayed": n})))
     }

@@ -5,6 +5,7 @@ mod dlq;
 mod dump;
 mod plugin;
 mod serve;
+mod warehouse;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +51,11 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         command: dlq::DlqCommand,
+    },
+    /// Inspect the warehouses weir loads.
+    Warehouse {
+        #[command(subcommand)]
+        command: warehouse::WarehouseCommand,
     },
 }
 
@@ -100,6 +106,7 @@ pub fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(&file),
         Command::Plugin { command } => plugin::run(command),
         Command::Dlq { command } => dlq::run(command),
+        Command::Warehouse { command } => warehouse::run(command),
     };
     match result {
         Ok(code) => code,

@@ -18,6 +18,7 @@ use super::{
 use crate::ids::{SourceId, WriteKey};
 use crate::plugin::registry::{PluginSpec, RollbackPolicy};
 use crate::plugin::{PluginKind, PluginLimits};
+use crate::warehouse::{Engine, WarehouseSpec};
 
 /// Name of the source the embedded defaults create.
 pub const DEFAULT_SOURCE: &str = "default";
@@ -118,6 +119,21 @@ struct RollbackFile {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct WarehouseFile {
+    name: String,
+    engine: String,
+    path: Option<PathBuf>,
+    url: Option<String>,
+    sources: Vec<String>,
+    flush_interval_ms: Option<u64>,
+    flush_events: Option<usize>,
+    max_tables: Option<usize>,
+    max_columns: Option<usize>,
+    backfill: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PipelineFile {
     batch_size: Option<usize>,
     watch_interval_ms: Option<u64>,
@@ -160,6 +176,7 @@ pub fn defaults() -> Config {
         sources: Vec::new(),
         plugins: Vec::new(),
         pipeline: PipelineConfig::default(),
+        warehouses: Vec::new(),
     }
 }
 
@@ -321,6 +338,23 @@ pub fn parse(
                     }
                 }
             }
+            "warehouses" => {
+                let toml::Value::Array(items) = value else {
+                    r.problem(
+                        "warehouses",
+                        "must be an array of tables: write each warehouse as [[warehouses]]",
+                    );
+                    continue;
+                };
+                for (i, item) in items.into_iter().enumerate() {
+                    let path = format!("warehouses[{i}]");
+                    if let Some(w) = r.section::<WarehouseFile>(&path, item)
+                        && let Some(spec) = warehouse(&mut r, &path, w, base)
+                    {
+                        config.warehouses.push(spec);
+                    }
+                }
+            }
             "pipeline" => {
                 if let Some(p) = r.section::<PipelineFile>("pipeline", value) {
                     let d = PipelineConfig::default();
@@ -335,7 +369,7 @@ pub fn parse(
             other => r.problem(
                 other,
                 "unknown key; known top-level keys are listen, data_dir, limits, log, admin, \
-                 pipeline, plugins, sources",
+                 pipeline, plugins, sources, warehouses",
             ),
         }
     }
@@ -385,6 +419,68 @@ fn source(r: &mut Reader<'_>, path: &str, s: SourceFile) -> SourceConfig {
         transforms: s.transforms,
         filters: s.filters,
     }
+}
+
+fn warehouse(
+    r: &mut Reader<'_>,
+    path: &str,
+    w: WarehouseFile,
+    base: &std::path::Path,
+) -> Option<WarehouseSpec> {
+    let engine = match (w.engine.as_str(), w.url, w.path) {
+        ("duckdb", None, file) => Engine::DuckDb {
+            path: file.map(|p| if p.is_absolute() { p } else { base.join(p) }),
+        },
+        ("postgres", Some(url), None) => Engine::Postgres { url },
+        ("duckdb", Some(_), _) => {
+            r.problem(
+                format!("{path}.url"),
+                "a duckdb warehouse takes `path`, not `url`",
+            );
+            return None;
+        }
+        ("postgres", None, _) | ("postgres", _, Some(_)) => {
+            r.problem(
+                format!("{path}.url"),
+                "a postgres warehouse needs `url` (postgres://user@host:5432/db) and no `path`",
+            );
+            return None;
+        }
+        (other, _, _) => {
+            r.problem(
+                format!("{path}.engine"),
+                format!("`{other}` is not a warehouse engine; use \"duckdb\" or \"postgres\""),
+            );
+            return None;
+        }
+    };
+    let spec = WarehouseSpec {
+        name: w.name,
+        engine,
+        sources: w.sources.iter().map(|s| SourceId::new(s)).collect(),
+        flush_interval: Duration::from_millis(w.flush_interval_ms.unwrap_or(5_000)),
+        flush_events: w.flush_events.unwrap_or(10_000),
+        max_tables: w.max_tables.unwrap_or(500),
+        max_columns: w.max_columns.unwrap_or(1_000),
+        backfill: w.backfill.unwrap_or(false),
+    };
+    if spec.flush_interval.is_zero()
+        || spec.flush_events == 0
+        || spec.max_tables == 0
+        || spec.max_columns < 20
+    {
+        r.problem(
+            path.to_owned(),
+            "flush_interval_ms and flush_events must be > 0, max_tables > 0 and max_columns >= 20",
+        );
+    }
+    if matches!(spec.engine, Engine::Postgres { .. }) && spec.max_columns > 1_600 {
+        r.problem(
+            format!("{path}.max_columns"),
+            "PostgreSQL tables hold at most 1600 columns",
+        );
+    }
+    Some(spec)
 }
 
 fn plugin(r: &mut Reader<'_>, path: &str, p: PluginFile, base: &std::path::Path) -> PluginSpec {
@@ -497,6 +593,45 @@ fn validate(config: &Config, source_index: &[usize], r: &mut Reader<'_>) {
                 format!("plugins[{i}].name"),
                 format!("plugin `{}` is defined twice", p.name),
             );
+        }
+    }
+    let source_names: std::collections::HashSet<&str> =
+        config.sources.iter().map(|s| s.id.as_str()).collect();
+    let mut warehouse_names = std::collections::HashSet::new();
+    for (i, w) in config.warehouses.iter().enumerate() {
+        if w.name.is_empty()
+            || !w
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            r.problem(
+                format!("warehouses[{i}].name"),
+                format!(
+                    "`{}` is not a valid name: use letters, digits, `_` and `-`",
+                    w.name
+                ),
+            );
+        }
+        if !warehouse_names.insert(w.name.as_str()) {
+            r.problem(
+                format!("warehouses[{i}].name"),
+                format!("warehouse `{}` is defined twice", w.name),
+            );
+        }
+        if w.sources.is_empty() {
+            r.problem(
+                format!("warehouses[{i}].sources"),
+                "empty: name the sources this warehouse loads",
+            );
+        }
+        for (k, s) in w.sources.iter().enumerate() {
+            if !source_names.contains(s.as_str()) {
+                r.problem(
+                    format!("warehouses[{i}].sources[{k}]"),
+                    format!("no source named `{s}`"),
+                );
+            }
         }
     }
     let mut names: HashMap<&SourceId, usize> = HashMap::new();

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::ids::{SourceId, WriteKey};
 use crate::plugin::registry::PluginSpec;
+use crate::warehouse::{Engine, WarehouseSpec};
 
 pub use file::DEFAULT_SOURCE;
 
@@ -35,6 +36,8 @@ pub struct Config {
     /// Plugins, referenced by name from sources' chains.
     pub plugins: Vec<PluginSpec>,
     pub pipeline: PipelineConfig,
+    /// Batch loading into warehouses.
+    pub warehouses: Vec<WarehouseSpec>,
 }
 
 /// The pipeline from the raw to the processed log.
@@ -195,8 +198,9 @@ impl Config {
     }
 
     /// The configuration `weir serve` runs with when given no file: one source named `default`
-    /// with `write_key`, data in `data_dir`, and the bundled `normalize` transformer (whose
-    /// component the caller writes to `demo_plugin`) turning event names into snake_case.
+    /// with `write_key`, data in `data_dir`, the bundled `normalize` transformer (whose
+    /// component the caller writes to `demo_plugin`) turning event names into snake_case, and a
+    /// DuckDB warehouse in `<data_dir>/warehouse.duckdb` loaded every second.
     pub fn embedded(data_dir: PathBuf, write_key: WriteKey, demo_plugin: PathBuf) -> Config {
         let mut config = file::defaults();
         config.data_dir = data_dir;
@@ -220,6 +224,16 @@ impl Config {
             dedupe: DedupeConfig::default(),
             transforms: vec![DEMO_PLUGIN.into()],
             filters: Vec::new(),
+        }];
+        config.warehouses = vec![WarehouseSpec {
+            name: "warehouse".into(),
+            engine: Engine::DuckDb { path: None },
+            sources: vec![SourceId::new(DEFAULT_SOURCE)],
+            flush_interval: Duration::from_secs(1),
+            flush_events: 10_000,
+            max_tables: 500,
+            max_columns: 1_000,
+            backfill: true,
         }];
         config
     }

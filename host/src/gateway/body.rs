@@ -8,7 +8,7 @@ use std::io::Read;
 
 use bytes::Bytes;
 use http::{HeaderMap, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::error::ApiError;
@@ -18,28 +18,18 @@ const INLINE_GUNZIP_BYTES: usize = 64 * 1024;
 
 /// Reads the whole body, refusing more than `max` bytes before or after decoding.
 pub async fn read(headers: &HeaderMap, body: Incoming, max: usize) -> Result<Bytes, ApiError> {
-    if let Some(len) = headers
+    // An announced length over the limit is refused after a bounded drain like any other
+    // oversize body (answering before reading it would reset the client's connection).
+    let announced = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && len > max as u64
-    {
-        return Err(too_large(len, max));
-    }
-    let raw = match Limited::new(body, max).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(ApiError::too_large(format!(
-                "the request body is over the limit of {max} bytes; send smaller batches"
-            )));
-        }
-        Err(e) => {
-            return Err(ApiError::bad_request(
-                "incomplete_body",
-                format!("the request body could not be read: {e}"),
-            ));
-        }
-    };
+        .and_then(|v| v.parse::<u64>().ok());
+    let raw = collect_limited(body, max)
+        .await
+        .map_err(|e| match announced {
+            Some(len) if len > max as u64 => too_large(len, max),
+            _ => e,
+        })?;
     match encoding(headers, &raw)? {
         Encoding::Identity => Ok(raw),
         Encoding::Gzip if raw.len() <= INLINE_GUNZIP_BYTES => gunzip(&raw, max),
@@ -53,6 +43,43 @@ pub async fn read(headers: &HeaderMap, body: Incoming, max: usize) -> Result<Byt
                 )
             })?,
     }
+}
+
+/// How much of an oversize body is read and thrown away before answering 413, so a client that
+/// streams it (no Content-Length) gets the answer instead of a reset connection.
+const DRAIN_BYTES: usize = 4 * 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn collect_limited(mut body: Incoming, max: usize) -> Result<Bytes, ApiError> {
+    let mut buf = bytes::BytesMut::new();
+    let read_error = |e: hyper::Error| {
+        ApiError::bad_request(
+            "incomplete_body",
+            format!("the request body could not be read: {e}"),
+        )
+    };
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(read_error)?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > max {
+                let mut drained = buf.len() + data.len();
+                let _ = tokio::time::timeout(DRAIN_TIME, async {
+                    while drained < max + DRAIN_BYTES {
+                        match body.frame().await {
+                            Some(Ok(f)) => drained += f.data_ref().map_or(0, |d| d.len()),
+                            _ => break,
+                        }
+                    }
+                })
+                .await;
+                return Err(ApiError::too_large(format!(
+                    "the request body is over the limit of {max} bytes; send smaller batches"
+                )));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
 }
 
 fn too_large(len: u64, max: usize) -> ApiError {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
-use crate::log::AppendError;
+use crate::log::{AppendError, LogError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -99,5 +99,15 @@ impl From<AppendError> for ApiError {
             AppendError::Unavailable => unavailable("unavailable", 5),
             AppendError::Io(_) => unavailable("storage_error", 5),
         }
+    }
+}
+
+impl From<LogError> for ApiError {
+    fn from(e: LogError) -> Self {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage_error",
+            e.to_string(),
+        )
     }
 }

@@ -202,6 +202,16 @@ impl Shared {
         Ok(doomed.len())
     }
 
+    /// A reader starting at `from`.
+    pub fn reader(self: &Arc<Self>, from: Offset) -> LogReader {
+        LogReader::new(self.clone(), from)
+    }
+
+    /// Offset of the oldest record still kept.
+    pub fn oldest(&self) -> Offset {
+        self.segments.lock().first().map_or(Offset(0), |s| s.base)
+    }
+
     /// Waits until the head passes `offset`.
     pub async fn wait_beyond_async(&self, offset: Offset) {
         let mut rx = self.head_tx.subscribe();
@@ -338,7 +348,7 @@ impl Log {
 
     /// A reader starting at `from`.
     pub fn reader(&self, from: Offset) -> LogReader {
-        LogReader::new(self.shared.clone(), from)
+        self.shared.reader(from)
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -355,11 +365,7 @@ impl Log {
 
     /// Offset of the oldest record still kept.
     pub fn oldest(&self) -> Offset {
-        self.shared
-            .segments
-            .lock()
-            .first()
-            .map_or(Offset(0), |s| s.base)
+        self.shared.oldest()
     }
 
     pub fn size_bytes(&self) -> u64 {

@@ -153,6 +153,21 @@ impl PluginMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WarehouseLabels {
+    pub warehouse: String,
+}
+
+/// Metrics of the warehouse loaders.
+pub struct WarehouseMetrics {
+    pub rows: Family<WarehouseLabels, Counter>,
+    pub discards: Family<WarehouseLabels, Counter>,
+    pub failures: Family<WarehouseLabels, Counter>,
+    pub load_seconds: Family<WarehouseLabels, Histogram>,
+    /// Processed-log records not yet loaded.
+    pub lag: Family<WarehouseLabels, Gauge>,
+}
+
 /// Metrics of the ingest gateway.
 #[derive(Clone)]
 pub struct GatewayMetrics {
@@ -189,6 +204,7 @@ pub struct Metrics {
     registry: Registry,
     pub gateway: GatewayMetrics,
     pub plugins: Arc<PluginMetrics>,
+    pub warehouses: Arc<WarehouseMetrics>,
     log: LogFamilies,
 }
 
@@ -334,10 +350,43 @@ impl Metrics {
             "Counters plugins keep themselves (host `count`), labelled by plugin, version, counter and the plugin's labels",
             plugins.counters.clone(),
         );
+        let warehouses = WarehouseMetrics {
+            rows: Family::default(),
+            discards: Family::default(),
+            failures: Family::default(),
+            load_seconds: Family::new_with_constructor(latency_histogram),
+            lag: Family::default(),
+        };
+        registry.register(
+            "warehouse_rows_loaded",
+            "Rows inserted into warehouse tables (duplicates not counted)",
+            warehouses.rows.clone(),
+        );
+        registry.register(
+            "warehouse_discards",
+            "Values that did not fit their column (type, caps) and went to discards",
+            warehouses.discards.clone(),
+        );
+        registry.register(
+            "warehouse_load_failures",
+            "Loads that failed and were retried (warehouse down, lock held, refused)",
+            warehouses.failures.clone(),
+        );
+        registry.register(
+            "warehouse_load_seconds",
+            "Duration of a load (mapping, transaction, commit)",
+            warehouses.load_seconds.clone(),
+        );
+        registry.register(
+            "warehouse_lag_events",
+            "Processed-log records not yet loaded into the warehouse",
+            warehouses.lag.clone(),
+        );
         Arc::new(Metrics {
             registry,
             gateway,
             plugins: Arc::new(plugins),
+            warehouses: Arc::new(warehouses),
             log,
         })
     }

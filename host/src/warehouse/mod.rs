@@ -1,0 +1,282 @@
+//! Batch mode: loading the processed log into a warehouse in the Segment / RudderStack layout.
+//!
+//! Each warehouse is a consumer of the processed log with its own position, kept in the
+//! warehouse itself (`_weir.loads`) and written in the same transaction as the rows: a crash
+//! mid-load neither loses nor duplicates a row, and rows are deduplicated on `id` too. Loads
+//! happen every `flush_interval` or `flush_events`, whichever comes first. A warehouse that is
+//! down (PostgreSQL refusing connections, a DuckDB file held by another process) makes the
+//! loader wait and retry with backoff; the events wait in the log.
+
+pub mod duckdb;
+pub mod loader;
+pub mod postgres;
+pub mod schema;
+pub mod sql;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use loader::{Loader, WarehouseError};
+use schema::{Caps, Catalog, Mapper, SchemaLoad};
+
+use crate::ids::{ConsumerId, Offset, SourceId};
+use crate::log::{OffsetStore, RecordKind, Shared};
+use crate::telemetry::{WarehouseLabels, WarehouseMetrics};
+use crate::timestamp;
+
+/// The engine of a warehouse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// A DuckDB file (default: `<data_dir>/<name>.duckdb`).
+    DuckDb { path: Option<PathBuf> },
+    /// A PostgreSQL database, by connection URL (`postgres://user@host:5432/db`).
+    Postgres { url: String },
+}
+
+/// A warehouse as configured.
+#[derive(Clone, Debug)]
+pub struct WarehouseSpec {
+    pub name: String,
+    pub engine: Engine,
+    pub sources: Vec<SourceId>,
+    pub flush_interval: Duration,
+    pub flush_events: usize,
+    pub max_tables: usize,
+    pub max_columns: usize,
+    /// A new warehouse loads the whole processed log still kept, instead of starting at its head.
+    pub backfill: bool,
+}
+
+impl WarehouseSpec {
+    pub fn consumer(&self) -> ConsumerId {
+        ConsumerId::new(&format!("warehouse:{}", self.name))
+    }
+
+    /// The database schema of each source: its name in snake_case.
+    pub fn schemas(&self) -> Vec<String> {
+        self.sources.iter().map(schema_name).collect()
+    }
+
+    /// The DuckDB file of this warehouse, if it is a DuckDB one.
+    pub fn duckdb_path(&self, data_dir: &std::path::Path) -> Option<PathBuf> {
+        match &self.engine {
+            Engine::DuckDb { path } => Some(
+                path.clone()
+                    .unwrap_or_else(|| data_dir.join(format!("{}.duckdb", self.name))),
+            ),
+            Engine::Postgres { .. } => None,
+        }
+    }
+
+    pub fn loader(&self, data_dir: &std::path::Path) -> Result<Box<dyn Loader>, WarehouseError> {
+        Ok(match &self.engine {
+            Engine::DuckDb { .. } => Box::new(duckdb::DuckDbLoader::new(
+                self.duckdb_path(data_dir).unwrap_or_default(),
+                &self.name,
+            )),
+            Engine::Postgres { url } => Box::new(postgres::PostgresLoader::new(url, &self.name)?),
+        })
+    }
+
+    fn identifier_limit(&self) -> usize {
+        match self.engine {
+            Engine::Postgres { .. } => 63,
+            Engine::DuckDb { .. } => 255,
+        }
+    }
+}
+
+pub fn schema_name(source: &SourceId) -> String {
+    let s = schema::snake_case(source.as_str());
+    if s.is_empty() { "source".into() } else { s }
+}
+
+/// Loads one warehouse from the processed log.
+pub struct WarehouseLoader {
+    pub spec: WarehouseSpec,
+    pub log: Arc<Shared>,
+    /// The processed log's consumer offsets: committed after each load so retention knows.
+    pub offsets: Arc<OffsetStore>,
+    pub metrics: Arc<WarehouseMetrics>,
+    pub data_dir: PathBuf,
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl WarehouseLoader {
+    pub fn spawn(self, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name(format!("weir-warehouse-{}", self.spec.name))
+            .spawn(move || self.run(&stop))
+    }
+
+    fn labels(&self) -> WarehouseLabels {
+        WarehouseLabels {
+            warehouse: self.spec.name.clone(),
+        }
+    }
+
+    fn run(self, stop: &AtomicBool) {
+        let mut loader = match self.spec.loader(&self.data_dir) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(warehouse = %self.spec.name, error = %e, "cannot set up the warehouse loader");
+                return;
+            }
+        };
+        let mut backoff = Duration::from_millis(200);
+        while !stop.load(Ordering::Acquire) {
+            match self.session(loader.as_mut(), stop) {
+                Ok(()) => return,
+                Err(e) => {
+                    self.metrics.failures.get_or_create(&self.labels()).inc();
+                    tracing::warn!(
+                        warehouse = %self.spec.name,
+                        error = %e,
+                        retry_in = ?backoff,
+                        "warehouse load failed; the events stay in the log and the load is retried"
+                    );
+                    sleep_unless_stopped(backoff, stop);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Opens the warehouse and loads until stopped (`Ok`) or a load fails (`Err`: the caller
+    /// retries, from the warehouse's recorded offset).
+    fn session(&self, loader: &mut dyn Loader, stop: &AtomicBool) -> Result<(), WarehouseError> {
+        let (mut catalog, committed) = loader.open(&self.spec.schemas())?;
+        let consumer = self.spec.consumer();
+        let oldest = self.oldest();
+        // The warehouse's own record wins; a warehouse that never loaded starts where the
+        // router placed it when it was added (see `app`).
+        let start = match committed {
+            Some(o) => o,
+            None => self
+                .offsets
+                .load(&consumer)
+                .ok()
+                .flatten()
+                .unwrap_or(oldest),
+        }
+        .max(oldest);
+        let mut reader = self.log.reader(start);
+        let sources: HashSet<&SourceId> = self.spec.sources.iter().collect();
+        loop {
+            if stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let (records, next) = self.collect(&mut reader, stop)?;
+            let Some(next) = next else { continue };
+            let started = Instant::now();
+            let loads = self.map(&mut catalog, &records, &sources);
+            let stats = loader.load(&loads, next)?;
+            if let Err(e) = self.offsets.commit(&consumer, next) {
+                tracing::warn!(error = %e, "cannot record the warehouse's offset for retention");
+            }
+            let l = self.labels();
+            self.metrics.rows.get_or_create(&l).inc_by(stats.rows);
+            self.metrics
+                .discards
+                .get_or_create(&l)
+                .inc_by(stats.discards);
+            self.metrics
+                .load_seconds
+                .get_or_create(&l)
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .lag
+                .get_or_create(&l)
+                .set(self.log.head().next.0.saturating_sub(next.0) as i64);
+            tracing::debug!(warehouse = %self.spec.name, rows = stats.rows, discards = stats.discards, next = next.0, "loaded");
+        }
+    }
+
+    fn oldest(&self) -> Offset {
+        self.log.oldest()
+    }
+
+    /// Reads until `flush_events` records or `flush_interval` after the first; returns the
+    /// records and the offset after the last one (`None` when nothing came).
+    fn collect(
+        &self,
+        reader: &mut crate::log::LogReader,
+        stop: &AtomicBool,
+    ) -> Result<(Vec<crate::log::Record>, Option<Offset>), WarehouseError> {
+        let mut records = Vec::new();
+        let mut first_at: Option<Instant> = None;
+        loop {
+            let room = self.spec.flush_events.saturating_sub(records.len()).max(1);
+            let batch = reader
+                .read_batch(room.min(2_000))
+                .map_err(|e| WarehouseError::Load(format!("reading the processed log: {e}")))?;
+            if !batch.is_empty() {
+                first_at.get_or_insert_with(Instant::now);
+                records.extend(batch);
+            }
+            let due = first_at.is_some_and(|t| t.elapsed() >= self.spec.flush_interval);
+            if records.len() >= self.spec.flush_events || due || stop.load(Ordering::Acquire) {
+                break;
+            }
+            let wait = match first_at {
+                Some(t) => self.spec.flush_interval.saturating_sub(t.elapsed()),
+                None => Duration::from_millis(200),
+            };
+            self.log
+                .wait_beyond(reader.position(), wait.min(Duration::from_millis(200)));
+            if first_at.is_none() {
+                return Ok((records, None));
+            }
+        }
+        let next = (!records.is_empty()).then(|| reader.position());
+        Ok((records, next))
+    }
+
+    fn map(
+        &self,
+        catalog: &mut Catalog,
+        records: &[crate::log::Record],
+        sources: &HashSet<&SourceId>,
+    ) -> Vec<SchemaLoad> {
+        let mut loads: BTreeMap<String, SchemaLoad> = BTreeMap::new();
+        let mut mapper = Mapper {
+            catalog,
+            caps: Caps {
+                max_tables: self.spec.max_tables,
+                max_columns: self.spec.max_columns,
+                identifier_limit: self.spec.identifier_limit(),
+            },
+            loaded_at: timestamp::now(),
+        };
+        for r in records {
+            if r.meta.kind != RecordKind::Event || !sources.contains(&r.meta.source) {
+                continue;
+            }
+            let Ok(serde_json::Value::Object(event)) = serde_json::from_slice(&r.payload) else {
+                continue;
+            };
+            let schema = schema_name(&r.meta.source);
+            let load = loads.entry(schema.clone()).or_insert_with(|| SchemaLoad {
+                schema,
+                ..SchemaLoad::default()
+            });
+            mapper.add(load, &event);
+        }
+        for load in loads.values_mut() {
+            mapper.prepare_users(load);
+        }
+        loads.into_values().collect()
+    }
+}
+
+fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + d;
+    while Instant::now() < until && !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(50).min(d));
+    }
+}

@@ -1,0 +1,346 @@
+//! PostgreSQL loader: COPY (binary) into a staging table, then insert the rows whose `id` is not
+//! in the table yet, and record the loaded log offset — all in one transaction.
+
+use time::OffsetDateTime;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, NoTls, Transaction};
+
+use super::loader::{LoadStats, Loader, WarehouseError, catalog_type, discards_table};
+use super::schema::{Catalog, Cell, ColumnType, SchemaLoad};
+use super::sql::{self, Dialect, ident, qualified};
+use crate::ids::Offset;
+
+pub struct Postgres;
+
+impl Dialect for Postgres {
+    fn type_name(&self, ty: ColumnType) -> &'static str {
+        match ty {
+            ColumnType::Bool => "boolean",
+            ColumnType::Int => "bigint",
+            ColumnType::Float => "double precision",
+            ColumnType::Timestamp => "timestamptz",
+            ColumnType::Text => "text",
+        }
+    }
+
+    fn primary_keys(&self) -> bool {
+        true
+    }
+}
+
+fn pg_type(ty: ColumnType) -> Type {
+    match ty {
+        ColumnType::Bool => Type::BOOL,
+        ColumnType::Int => Type::INT8,
+        ColumnType::Float => Type::FLOAT8,
+        ColumnType::Timestamp => Type::TIMESTAMPTZ,
+        ColumnType::Text => Type::TEXT,
+    }
+}
+
+type Param = Box<dyn ToSql + Sync + Send>;
+
+fn param(cell: &Cell, ty: ColumnType) -> Param {
+    match (cell, ty) {
+        (Cell::Bool(b), _) => Box::new(Some(*b)),
+        (Cell::Int(i), _) => Box::new(Some(*i)),
+        (Cell::Float(f), _) => Box::new(Some(*f)),
+        (Cell::Timestamp(t), _) => Box::new(Some(*t)),
+        (Cell::Text(s), _) => Box::new(Some(s.clone())),
+        (Cell::Null, ColumnType::Bool) => Box::new(None::<bool>),
+        (Cell::Null, ColumnType::Int) => Box::new(None::<i64>),
+        (Cell::Null, ColumnType::Float) => Box::new(None::<f64>),
+        (Cell::Null, ColumnType::Timestamp) => Box::new(None::<OffsetDateTime>),
+        (Cell::Null, ColumnType::Text) => Box::new(None::<String>),
+    }
+}
+
+pub struct PostgresLoader {
+    url: String,
+    warehouse: String,
+    runtime: tokio::runtime::Runtime,
+    client: Option<Client>,
+}
+
+fn err(e: tokio_postgres::Error) -> WarehouseError {
+    if e.is_closed() || e.as_db_error().is_none() {
+        WarehouseError::Unavailable(e.to_string())
+    } else {
+        WarehouseError::Load(e.to_string())
+    }
+}
+
+impl PostgresLoader {
+    pub fn new(url: &str, warehouse: &str) -> Result<PostgresLoader, WarehouseError> {
+        // One worker drives the connection; the loader thread blocks on it per statement.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("weir-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| WarehouseError::Unavailable(format!("cannot start a runtime: {e}")))?;
+        Ok(PostgresLoader {
+            url: url.to_owned(),
+            warehouse: warehouse.to_owned(),
+            runtime,
+            client: None,
+        })
+    }
+
+    fn client(&mut self) -> Result<&mut Client, WarehouseError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            let url = self.url.clone();
+            let (client, connection) = self
+                .runtime
+                .block_on(tokio_postgres::connect(&url, NoTls))
+                .map_err(|e| {
+                    WarehouseError::Unavailable(format!("cannot connect to PostgreSQL: {e}"))
+                })?;
+            self.runtime.spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "PostgreSQL connection ended");
+                }
+            });
+            self.client = Some(client);
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| WarehouseError::Unavailable("no connection".into()))
+    }
+}
+
+async fn copy_rows(
+    tx: &Transaction<'_>,
+    stage: &str,
+    columns: &[(String, ColumnType)],
+    rows: &[Vec<Cell>],
+) -> Result<(), tokio_postgres::Error> {
+    let cols: Vec<String> = columns.iter().map(|(c, _)| ident(c)).collect();
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {stage} ({}) FROM STDIN (FORMAT binary)",
+            cols.join(", ")
+        ))
+        .await?;
+    let types: Vec<Type> = columns.iter().map(|(_, t)| pg_type(*t)).collect();
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
+    for row in rows {
+        let params: Vec<Param> = row
+            .iter()
+            .zip(columns)
+            .map(|(cell, (_, ty))| param(cell, *ty))
+            .collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        writer.as_mut().write(&refs).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// Creates a staging table shaped like `columns`, fills it with COPY.
+async fn stage(
+    tx: &Transaction<'_>,
+    name: &str,
+    columns: &[(String, ColumnType)],
+    rows: &[Vec<Cell>],
+) -> Result<(), tokio_postgres::Error> {
+    let defs: Vec<String> = columns
+        .iter()
+        .map(|(c, t)| format!("{} {}", ident(c), Postgres.type_name(*t)))
+        .collect();
+    tx.batch_execute(&format!(
+        "CREATE TEMP TABLE {name} ({}) ON COMMIT DROP",
+        defs.join(", ")
+    ))
+    .await?;
+    copy_rows(tx, name, columns, rows).await
+}
+
+async fn load_schema(
+    tx: &Transaction<'_>,
+    load: &SchemaLoad,
+    stage_n: &mut usize,
+) -> Result<LoadStats, tokio_postgres::Error> {
+    let mut stats = LoadStats::default();
+    let schema = &load.schema;
+    tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(schema)))
+        .await?;
+    for (table, t) in &load.tables {
+        for stmt in sql::ddl(&Postgres, schema, table, t) {
+            tx.batch_execute(&stmt).await?;
+        }
+        if table == "users" || t.rows.is_empty() {
+            continue;
+        }
+        *stage_n += 1;
+        let stage_name = ident(&format!("_weir_stage_{stage_n}"));
+        stage(tx, &stage_name, &t.columns, &t.rows).await?;
+        let cols: Vec<String> = t.columns.iter().map(|(c, _)| ident(c)).collect();
+        let n = tx
+            .execute(
+                &format!(
+                    "INSERT INTO {} ({cols}) SELECT {cols} FROM {stage_name} ON CONFLICT (\"id\") DO NOTHING",
+                    qualified(schema, table),
+                    cols = cols.join(", ")
+                ),
+                &[],
+            )
+            .await?;
+        stats.rows += n;
+        stats.tables.push((table.clone(), n));
+    }
+    if !load.discards.is_empty() {
+        let d = discards_table(load);
+        for stmt in sql::ddl(&Postgres, schema, "discards", &d) {
+            tx.batch_execute(&stmt).await?;
+        }
+        let cols: Vec<String> = d.columns.iter().map(|(c, _)| ident(c)).collect();
+        *stage_n += 1;
+        let stage_name = ident(&format!("_weir_stage_{stage_n}"));
+        stage(tx, &stage_name, &d.columns, &d.rows).await?;
+        tx.batch_execute(&format!(
+            "INSERT INTO {} ({cols}) SELECT {cols} FROM {stage_name}",
+            qualified(schema, "discards"),
+            cols = cols.join(", ")
+        ))
+        .await?;
+        stats.discards += d.rows.len() as u64;
+    }
+    if let Some(users) = load.tables.get("users")
+        && !load.users.is_empty()
+    {
+        *stage_n += 1;
+        let affected = ident(&format!("_weir_stage_{stage_n}"));
+        let rows: Vec<Vec<Cell>> = load
+            .users
+            .iter()
+            .map(|u| vec![Cell::Text(u.clone())])
+            .collect();
+        stage(tx, &affected, &[("id".into(), ColumnType::Text)], &rows).await?;
+        for stmt in sql::recompute_users(schema, users, &affected, "now()") {
+            tx.batch_execute(&stmt).await?;
+        }
+    }
+    Ok(stats)
+}
+
+impl Loader for PostgresLoader {
+    fn open(&mut self, schemas: &[String]) -> Result<(Catalog, Option<Offset>), WarehouseError> {
+        let warehouse = self.warehouse.clone();
+        let schemas = schemas.to_vec();
+        let runtime = self.runtime.handle().clone();
+        let client = self.client()?;
+        runtime.block_on(async move {
+            let tx = client.transaction().await.map_err(err)?;
+            // Several routers (or tests) may create the bookkeeping table at once.
+            tx.batch_execute(
+                "SELECT pg_advisory_xact_lock(7243651); \
+                 CREATE SCHEMA IF NOT EXISTS _weir; \
+                 CREATE TABLE IF NOT EXISTS _weir.loads (warehouse text PRIMARY KEY, \
+                   next_offset bigint NOT NULL, loaded_at timestamptz NOT NULL)",
+            )
+            .await
+            .map_err(err)?;
+            tx.commit().await.map_err(err)?;
+            let rows = client
+                .query(
+                    "SELECT table_schema, table_name, column_name, data_type \
+                     FROM information_schema.columns WHERE table_schema = ANY($1) \
+                     ORDER BY table_schema, table_name, ordinal_position",
+                    &[&schemas],
+                )
+                .await
+                .map_err(err)?;
+            let mut catalog = Catalog::default();
+            for r in rows {
+                let (s, t, c, ty): (String, String, String, String) =
+                    (r.get(0), r.get(1), r.get(2), r.get(3));
+                catalog
+                    .schemas
+                    .entry(s)
+                    .or_default()
+                    .entry(t)
+                    .or_default()
+                    .insert(c, catalog_type(&ty));
+            }
+            let offset = client
+                .query_opt(
+                    "SELECT next_offset FROM _weir.loads WHERE warehouse = $1",
+                    &[&warehouse],
+                )
+                .await
+                .map_err(err)?
+                .map(|r| Offset(r.get::<_, i64>(0) as u64));
+            Ok((catalog, offset))
+        })
+    }
+
+    fn load(&mut self, loads: &[SchemaLoad], next: Offset) -> Result<LoadStats, WarehouseError> {
+        let warehouse = self.warehouse.clone();
+        let runtime = self.runtime.handle().clone();
+        let client = self.client()?;
+        let result = runtime.block_on(async move {
+            let tx = client.transaction().await?;
+            let mut stats = LoadStats::default();
+            let mut stage_n = 0;
+            for load in loads {
+                let s = load_schema(&tx, load, &mut stage_n).await?;
+                stats.merge(s);
+            }
+            tx.execute(
+                "INSERT INTO _weir.loads (warehouse, next_offset, loaded_at) VALUES ($1, $2, now()) \
+                 ON CONFLICT (warehouse) DO UPDATE SET next_offset = EXCLUDED.next_offset, loaded_at = EXCLUDED.loaded_at",
+                &[&warehouse, &(next.0 as i64)],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<_, tokio_postgres::Error>(stats)
+        });
+        result.map_err(|e| {
+            let e = err(e);
+            if matches!(e, WarehouseError::Unavailable(_)) {
+                self.client = None;
+            }
+            e
+        })
+    }
+
+    fn status(
+        &mut self,
+        schemas: &[String],
+    ) -> Result<Vec<super::loader::TableStatus>, WarehouseError> {
+        let (catalog, _) = self.open(schemas)?;
+        let runtime = self.runtime.handle().clone();
+        let client = self.client()?;
+        runtime.block_on(async move {
+            let mut out = Vec::new();
+            for (schema, tables) in &catalog.schemas {
+                for table in tables.keys() {
+                    let has_uuid_ts = tables[table].contains_key("uuid_ts");
+                    let q = format!(
+                        "SELECT count(*), {} FROM {}",
+                        if has_uuid_ts {
+                            "max(\"uuid_ts\")"
+                        } else {
+                            "NULL::timestamptz"
+                        },
+                        qualified(schema, table)
+                    );
+                    let r = client.query_one(&q, &[]).await.map_err(err)?;
+                    out.push(super::loader::TableStatus {
+                        schema: schema.clone(),
+                        table: table.clone(),
+                        rows: r.get::<_, i64>(0) as u64,
+                        last_load: r.get::<_, Option<OffsetDateTime>>(1),
+                    });
+                }
+            }
+            out.sort_by(|a, b| (&a.schema, &a.table).cmp(&(&b.schema, &b.table)));
+            Ok(out)
+        })
+    }
+}

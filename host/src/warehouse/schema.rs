@@ -1,0 +1,748 @@
+//! Mapping events onto the Segment / RudderStack warehouse layout.
+//!
+//! - One database schema per source (the source name, snake_case).
+//! - Tables: `tracks` (one row per track), one table per track event name (snake_case),
+//!   `identifies`, `users` (latest traits per user), `pages`, `screens`, `groups`, `aliases`,
+//!   and `discards` (values that did not fit).
+//! - Columns: the reserved `id`, `anonymous_id`, `user_id`, `received_at`, `sent_at`,
+//!   `timestamp`, `original_timestamp`, `uuid_ts` (+ `event`, `event_text` for tracks, `name`
+//!   for pages and screens, `group_id`, `previous_id`); `context` flattened with a `context_`
+//!   prefix (`context.page.path` → `context_page_path`); `properties` (track event tables,
+//!   pages, screens) and `traits` (identifies, groups) flattened without prefix.
+//! - Names: snake_case; a property or trait colliding with a reserved column gets the prefix
+//!   `property_` / `trait_`; an event whose table name collides with a fixed table gets the
+//!   prefix `event_`; names longer than the engine's limit are cut and get `_` + 8 hex digits
+//!   of their hash.
+//! - Types are inferred from the first value (bool, bigint, double, timestamp for ISO-8601
+//!   strings, text; arrays and objects as JSON text) and never change: a later value that does
+//!   not fit goes to `discards` with its reason, and its row lands with that column NULL.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::timestamp;
+
+/// A column type, as the warehouse stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ColumnType {
+    Bool,
+    Int,
+    Float,
+    Timestamp,
+    Text,
+}
+
+impl ColumnType {
+    pub fn name(self) -> &'static str {
+        match self {
+            ColumnType::Bool => "boolean",
+            ColumnType::Int => "bigint",
+            ColumnType::Float => "double",
+            ColumnType::Timestamp => "timestamp",
+            ColumnType::Text => "text",
+        }
+    }
+}
+
+/// A value ready for the warehouse.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cell {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Timestamp(OffsetDateTime),
+    Text(String),
+}
+
+/// The type a first value gives a new column.
+fn infer(v: &Value) -> Option<ColumnType> {
+    Some(match v {
+        Value::Null => return None,
+        Value::Bool(_) => ColumnType::Bool,
+        Value::Number(n) if n.is_i64() => ColumnType::Int,
+        Value::Number(_) => ColumnType::Float,
+        Value::String(s) if looks_like_timestamp(s) => ColumnType::Timestamp,
+        Value::String(_) | Value::Array(_) | Value::Object(_) => ColumnType::Text,
+    })
+}
+
+/// ISO-8601 date-times only; a bare number or date string stays text.
+fn looks_like_timestamp(s: &str) -> bool {
+    s.len() >= 19
+        && s.as_bytes()
+            .get(10)
+            .is_some_and(|b| *b == b'T' || *b == b' ')
+        && timestamp::parse(s).is_some()
+}
+
+/// `v` as a `ty` cell, or why it does not fit.
+fn fit(v: &Value, ty: ColumnType) -> Result<Cell, String> {
+    match (ty, v) {
+        (_, Value::Null) => Ok(Cell::Null),
+        (ColumnType::Bool, Value::Bool(b)) => Ok(Cell::Bool(*b)),
+        (ColumnType::Int, Value::Number(n)) if n.is_i64() => {
+            Ok(Cell::Int(n.as_i64().unwrap_or_default()))
+        }
+        (ColumnType::Float, Value::Number(n)) => n
+            .as_f64()
+            .map(Cell::Float)
+            .ok_or_else(|| "not a finite number".to_string()),
+        (ColumnType::Timestamp, Value::String(s)) => timestamp::parse(s)
+            .map(Cell::Timestamp)
+            .ok_or_else(|| format!("`{s}` is not an ISO-8601 date-time")),
+        (ColumnType::Text, Value::String(s)) => Ok(Cell::Text(s.clone())),
+        (ColumnType::Text, other) => Ok(Cell::Text(other.to_string())),
+        (ty, other) => Err(format!(
+            "a {} does not fit the column's type {}",
+            kind_of(other),
+            ty.name()
+        )),
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() => "integer",
+        Value::Number(_) => "decimal number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// snake_case for table and column names: `Order Completed` → `order_completed`,
+/// `orderId` → `order_id`, `2FA` → `_2fa`.
+pub fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    let mut prev_lower = false;
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            if c.is_ascii_uppercase() && prev_lower && !out.ends_with('_') {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+            prev_lower = c.is_ascii_lowercase();
+        } else {
+            if !out.is_empty() && !out.ends_with('_') {
+                out.push('_');
+            }
+            prev_lower = false;
+        }
+    }
+    while out.ends_with('_') {
+        out.pop();
+    }
+    if out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// Cuts `name` to `limit` bytes, keeping it unique with a hash suffix.
+pub fn fit_identifier(name: &str, limit: usize) -> String {
+    if name.len() <= limit {
+        return name.to_owned();
+    }
+    let hash = xxhash_rust::xxh3::xxh3_64(name.as_bytes());
+    let keep = limit.saturating_sub(9);
+    let mut cut = keep;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}_{:08x}", &name[..cut], hash as u32)
+}
+
+/// The fixed tables of a source schema.
+pub const FIXED_TABLES: &[&str] = &[
+    "tracks",
+    "identifies",
+    "users",
+    "pages",
+    "screens",
+    "groups",
+    "aliases",
+    "discards",
+];
+
+const COMMON: &[(&str, ColumnType)] = &[
+    ("id", ColumnType::Text),
+    ("anonymous_id", ColumnType::Text),
+    ("user_id", ColumnType::Text),
+    ("received_at", ColumnType::Timestamp),
+    ("sent_at", ColumnType::Timestamp),
+    ("timestamp", ColumnType::Timestamp),
+    ("original_timestamp", ColumnType::Timestamp),
+    ("uuid_ts", ColumnType::Timestamp),
+];
+
+/// The fixed columns of a table (before context, properties and traits).
+pub fn reserved_columns(table: &str, is_event_table: bool) -> Vec<(&'static str, ColumnType)> {
+    let mut cols: Vec<(&'static str, ColumnType)> = match table {
+        "users" => vec![
+            ("id", ColumnType::Text),
+            ("received_at", ColumnType::Timestamp),
+            ("uuid_ts", ColumnType::Timestamp),
+        ],
+        "discards" => vec![
+            ("table_name", ColumnType::Text),
+            ("column_name", ColumnType::Text),
+            ("column_value", ColumnType::Text),
+            ("reason", ColumnType::Text),
+            ("row_id", ColumnType::Text),
+            ("received_at", ColumnType::Timestamp),
+            ("uuid_ts", ColumnType::Timestamp),
+        ],
+        _ => COMMON.to_vec(),
+    };
+    match table {
+        "tracks" => cols.extend([
+            ("event", ColumnType::Text),
+            ("event_text", ColumnType::Text),
+        ]),
+        "pages" | "screens" => cols.push(("name", ColumnType::Text)),
+        "groups" => cols.push(("group_id", ColumnType::Text)),
+        "aliases" => cols.push(("previous_id", ColumnType::Text)),
+        _ if is_event_table => cols.extend([
+            ("event", ColumnType::Text),
+            ("event_text", ColumnType::Text),
+        ]),
+        _ => {}
+    }
+    cols
+}
+
+/// What the warehouse holds: per schema, per table, its columns and their types.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    pub schemas: HashMap<String, HashMap<String, BTreeMap<String, ColumnType>>>,
+}
+
+/// Limits of the mapping.
+#[derive(Clone, Copy, Debug)]
+pub struct Caps {
+    pub max_tables: usize,
+    pub max_columns: usize,
+    /// Longest identifier the engine takes (PostgreSQL: 63 bytes).
+    pub identifier_limit: usize,
+}
+
+/// Rows bound for one table.
+#[derive(Clone, Debug, Default)]
+pub struct TableLoad {
+    /// Every column of the table after this load, in order (existing ones first).
+    pub columns: Vec<(String, ColumnType)>,
+    /// Whether the table is created by this load.
+    pub create: bool,
+    /// Columns this load adds to an existing table.
+    pub add: Vec<(String, ColumnType)>,
+    /// Rows, each with one cell per column in `columns`.
+    pub rows: Vec<Vec<Cell>>,
+}
+
+/// A value that did not fit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Discard {
+    pub table: String,
+    pub column: String,
+    pub value: String,
+    pub reason: String,
+    pub row_id: String,
+    pub received_at: Option<OffsetDateTime>,
+}
+
+/// Everything one load writes into one source schema.
+#[derive(Clone, Debug, Default)]
+pub struct SchemaLoad {
+    pub schema: String,
+    pub tables: BTreeMap<String, TableLoad>,
+    pub discards: Vec<Discard>,
+    /// Users whose `users` row must be recomputed from `identifies`.
+    pub users: Vec<String>,
+}
+
+/// An event flattened into columns, before types are checked.
+struct Row {
+    table: String,
+    values: Vec<(String, Value)>,
+    id: String,
+    received_at: Option<OffsetDateTime>,
+}
+
+fn flatten_into(prefix: &str, v: &Map<String, Value>, out: &mut Vec<(String, Value)>) {
+    for (k, v) in v {
+        let key = snake_case(k);
+        if key.is_empty() {
+            continue;
+        }
+        let name = if prefix.is_empty() {
+            key
+        } else {
+            format!("{prefix}_{key}")
+        };
+        match v {
+            Value::Object(inner) if !inner.is_empty() => flatten_into(&name, inner, out),
+            Value::Null => {}
+            other => out.push((name, other.clone())),
+        }
+    }
+}
+
+fn str_field(e: &Map<String, Value>, k: &str) -> Option<Value> {
+    match e.get(k) {
+        Some(Value::String(s)) => Some(Value::String(s.clone())),
+        Some(Value::Number(n)) => Some(Value::String(n.to_string())),
+        _ => None,
+    }
+}
+
+/// Maps events onto tables and checks every value against the catalog, which it updates with
+/// the tables and columns this load creates.
+pub struct Mapper<'a> {
+    pub catalog: &'a mut Catalog,
+    pub caps: Caps,
+    pub loaded_at: OffsetDateTime,
+}
+
+impl Mapper<'_> {
+    fn table_name(&self, event: &str) -> String {
+        let mut name = snake_case(event);
+        if name.is_empty() {
+            name = "unnamed_event".into();
+        }
+        if FIXED_TABLES.contains(&name.as_str()) || name.starts_with("_weir") {
+            name = format!("event_{name}");
+        }
+        fit_identifier(&name, self.caps.identifier_limit)
+    }
+
+    fn rows_of(&self, e: &Map<String, Value>) -> Vec<Row> {
+        let id = str_field(e, "messageId")
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let received_at = e
+            .get("receivedAt")
+            .and_then(Value::as_str)
+            .and_then(timestamp::parse);
+        let mut common: Vec<(String, Value)> = vec![("id".into(), Value::String(id.clone()))];
+        for (col, field) in [("anonymous_id", "anonymousId"), ("user_id", "userId")] {
+            if let Some(v) = str_field(e, field) {
+                common.push((col.into(), v));
+            }
+        }
+        for (col, field) in [
+            ("received_at", "receivedAt"),
+            ("sent_at", "sentAt"),
+            ("timestamp", "timestamp"),
+            ("original_timestamp", "originalTimestamp"),
+        ] {
+            if let Some(v) = e.get(field).filter(|v| !v.is_null()) {
+                common.push((col.into(), v.clone()));
+            }
+        }
+        common.push((
+            "uuid_ts".into(),
+            Value::String(timestamp::format(self.loaded_at)),
+        ));
+        if let Some(Value::Object(ctx)) = e.get("context") {
+            flatten_into("context", ctx, &mut common);
+        }
+        let empty = Map::new();
+        let object = |k: &str| match e.get(k) {
+            Some(Value::Object(o)) => o,
+            _ => &empty,
+        };
+        let custom = |fields: &Map<String, Value>, prefix: &str, table: &str, is_event: bool| {
+            let reserved: HashSet<&str> = reserved_columns(table, is_event)
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect();
+            let mut flat = Vec::new();
+            flatten_into("", fields, &mut flat);
+            flat.into_iter()
+                .map(|(k, v)| {
+                    if reserved.contains(k.as_str()) || k.starts_with("context_") {
+                        (format!("{prefix}_{k}"), v)
+                    } else {
+                        (k, v)
+                    }
+                })
+                .collect::<Vec<_>>()
+        };
+        let row = |table: &str, extra: Vec<(String, Value)>| Row {
+            table: table.to_owned(),
+            values: common.iter().cloned().chain(extra).collect(),
+            id: id.clone(),
+            received_at,
+        };
+        let ty = e.get("type").and_then(Value::as_str).unwrap_or_default();
+        match ty {
+            "track" => {
+                let event_text = e.get("event").and_then(Value::as_str).unwrap_or_default();
+                let table = self.table_name(event_text);
+                let named = vec![
+                    ("event".to_owned(), Value::String(table.clone())),
+                    (
+                        "event_text".to_owned(),
+                        Value::String(event_text.to_owned()),
+                    ),
+                ];
+                let mut event_row = named.clone();
+                event_row.extend(custom(object("properties"), "property", &table, true));
+                vec![row("tracks", named), row(&table, event_row)]
+            }
+            "page" | "screen" => {
+                let table = if ty == "page" { "pages" } else { "screens" };
+                let mut extra = Vec::new();
+                if let Some(n) = str_field(e, "name") {
+                    extra.push(("name".to_owned(), n));
+                }
+                extra.extend(custom(object("properties"), "property", table, false));
+                vec![row(table, extra)]
+            }
+            "identify" => vec![row(
+                "identifies",
+                custom(object("traits"), "trait", "identifies", false),
+            )],
+            "group" => {
+                let mut extra = Vec::new();
+                if let Some(g) = str_field(e, "groupId") {
+                    extra.push(("group_id".to_owned(), g));
+                }
+                extra.extend(custom(object("traits"), "trait", "groups", false));
+                vec![row("groups", extra)]
+            }
+            "alias" => {
+                let mut extra = Vec::new();
+                if let Some(p) = str_field(e, "previousId") {
+                    extra.push(("previous_id".to_owned(), p));
+                }
+                vec![row("aliases", extra)]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Maps the events of one source into `load`.
+    pub fn add(&mut self, load: &mut SchemaLoad, event: &Map<String, Value>) {
+        for row in self.rows_of(event) {
+            self.place(load, row);
+        }
+        if event.get("type").and_then(Value::as_str) == Some("identify")
+            && let Some(Value::String(user)) = str_field(event, "userId")
+            && !load.users.contains(&user)
+        {
+            load.users.push(user);
+        }
+    }
+
+    fn place(&mut self, load: &mut SchemaLoad, row: Row) {
+        let limit = self.caps.identifier_limit;
+        let schema = self.catalog.schemas.entry(load.schema.clone()).or_default();
+        let is_event_table = !FIXED_TABLES.contains(&row.table.as_str());
+        if !schema.contains_key(&row.table) && !load.tables.contains_key(&row.table) {
+            let tables = schema.len();
+            if tables >= self.caps.max_tables {
+                load.discards.push(Discard {
+                    table: row.table.clone(),
+                    column: String::new(),
+                    value: String::new(),
+                    reason: format!(
+                        "the schema has reached its cap of {} tables; the row was not loaded",
+                        self.caps.max_tables
+                    ),
+                    row_id: row.id.clone(),
+                    received_at: row.received_at,
+                });
+                return;
+            }
+        }
+        let table =
+            load.tables
+                .entry(row.table.clone())
+                .or_insert_with(|| match schema.get(&row.table) {
+                    Some(existing) => TableLoad {
+                        columns: existing.iter().map(|(c, t)| (c.clone(), *t)).collect(),
+                        ..TableLoad::default()
+                    },
+                    None => TableLoad {
+                        columns: reserved_columns(&row.table, is_event_table)
+                            .into_iter()
+                            .map(|(c, t)| (c.to_owned(), t))
+                            .collect(),
+                        create: true,
+                        ..TableLoad::default()
+                    },
+                });
+        let mut cells: Vec<Cell> = vec![Cell::Null; table.columns.len()];
+        for (name, value) in row.values {
+            let name = fit_identifier(&name, limit);
+            let at = table.columns.iter().position(|(c, _)| *c == name);
+            let (index, ty) = match at {
+                Some(i) => (i, table.columns[i].1),
+                None => {
+                    let Some(ty) = infer(&value) else { continue };
+                    if table.columns.len() >= self.caps.max_columns {
+                        load.discards.push(Discard {
+                            table: row.table.clone(),
+                            column: name,
+                            value: value_text(&value),
+                            reason: format!(
+                                "the table has reached its cap of {} columns",
+                                self.caps.max_columns
+                            ),
+                            row_id: row.id.clone(),
+                            received_at: row.received_at,
+                        });
+                        continue;
+                    }
+                    table.columns.push((name.clone(), ty));
+                    if !table.create {
+                        table.add.push((name.clone(), ty));
+                    }
+                    for r in &mut table.rows {
+                        r.push(Cell::Null);
+                    }
+                    cells.push(Cell::Null);
+                    (table.columns.len() - 1, ty)
+                }
+            };
+            match fit(&value, ty) {
+                Ok(cell) => cells[index] = cell,
+                Err(reason) => load.discards.push(Discard {
+                    table: row.table.clone(),
+                    column: name,
+                    value: value_text(&value),
+                    reason,
+                    row_id: row.id.clone(),
+                    received_at: row.received_at,
+                }),
+            }
+        }
+        table.rows.push(cells);
+        // The catalog now knows the table as this load will leave it.
+        let known = schema.entry(row.table).or_default();
+        for (c, t) in &table.columns {
+            known.entry(c.clone()).or_insert(*t);
+        }
+    }
+
+    /// Gives `users` every trait column `identifies` has, so the recompute can fill them.
+    pub fn prepare_users(&mut self, load: &mut SchemaLoad) {
+        if load.users.is_empty() {
+            return;
+        }
+        let schema = self.catalog.schemas.entry(load.schema.clone()).or_default();
+        let identifies = schema.get("identifies").cloned().unwrap_or_default();
+        let reserved: HashSet<&str> = COMMON.iter().map(|(c, _)| *c).collect();
+        let traits: Vec<(String, ColumnType)> = identifies
+            .iter()
+            .filter(|(c, _)| !reserved.contains(c.as_str()) && !c.starts_with("context_"))
+            .map(|(c, t)| (c.clone(), *t))
+            .collect();
+        let existing = schema.get("users").cloned();
+        let mut table = match &existing {
+            Some(cols) => TableLoad {
+                columns: cols.iter().map(|(c, t)| (c.clone(), *t)).collect(),
+                ..TableLoad::default()
+            },
+            None => TableLoad {
+                columns: reserved_columns("users", false)
+                    .into_iter()
+                    .map(|(c, t)| (c.to_owned(), t))
+                    .collect(),
+                create: true,
+                ..TableLoad::default()
+            },
+        };
+        for (c, t) in traits {
+            if !table.columns.iter().any(|(have, _)| *have == c)
+                && table.columns.len() < self.caps.max_columns
+            {
+                table.columns.push((c.clone(), t));
+                if !table.create {
+                    table.add.push((c, t));
+                }
+            }
+        }
+        let known = schema.entry("users".into()).or_default();
+        for (c, t) in &table.columns {
+            known.entry(c.clone()).or_insert(*t);
+        }
+        load.tables.insert("users".into(), table);
+    }
+}
+
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn caps() -> Caps {
+        Caps {
+            max_tables: 100,
+            max_columns: 100,
+            identifier_limit: 63,
+        }
+    }
+
+    fn map(events: &[Value]) -> (SchemaLoad, Catalog) {
+        let mut catalog = Catalog::default();
+        let mut load = SchemaLoad {
+            schema: "web".into(),
+            ..SchemaLoad::default()
+        };
+        let mut m = Mapper {
+            catalog: &mut catalog,
+            caps: caps(),
+            loaded_at: timestamp::now(),
+        };
+        for e in events {
+            m.add(&mut load, e.as_object().unwrap());
+        }
+        m.prepare_users(&mut load);
+        (load, catalog)
+    }
+
+    fn col<'a>(t: &'a TableLoad, row: usize, name: &str) -> &'a Cell {
+        let i = t
+            .columns
+            .iter()
+            .position(|(c, _)| c == name)
+            .unwrap_or_else(|| panic!("no column {name}: {:?}", t.columns));
+        &t.rows[row][i]
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(snake_case("Order Completed"), "order_completed");
+        assert_eq!(snake_case("orderId"), "order_id");
+        assert_eq!(snake_case("2FA Enabled!"), "_2fa_enabled");
+        assert_eq!(snake_case("page.path"), "page_path");
+        let long = "x".repeat(80);
+        let cut = fit_identifier(&long, 63);
+        assert_eq!(cut.len(), 63);
+        assert_ne!(
+            cut,
+            fit_identifier(&"x".repeat(81), 63),
+            "distinct long names stay distinct"
+        );
+    }
+
+    #[test]
+    fn a_track_lands_in_tracks_and_its_event_table() {
+        let (load, _) = map(&[
+            json!({"type": "track", "event": "Order Completed", "messageId": "m1",
+            "userId": "u1", "receivedAt": "2024-05-01T12:00:00.000Z", "timestamp": "2024-05-01T11:59:59.000Z",
+            "properties": {"revenue": 9.5, "count": 2, "paid": true, "at": "2024-05-01T10:00:00Z", "tags": ["a"], "id": "p-1"},
+            "context": {"page": {"path": "/cart"}, "library": {"name": "js"}}}),
+        ]);
+        let tracks = &load.tables["tracks"];
+        assert_eq!(
+            col(tracks, 0, "event"),
+            &Cell::Text("order_completed".into())
+        );
+        assert_eq!(
+            col(tracks, 0, "event_text"),
+            &Cell::Text("Order Completed".into())
+        );
+        assert_eq!(
+            col(tracks, 0, "context_page_path"),
+            &Cell::Text("/cart".into())
+        );
+        assert!(
+            tracks.columns.iter().all(|(c, _)| c != "revenue"),
+            "tracks has no properties"
+        );
+        let t = &load.tables["order_completed"];
+        assert_eq!(col(t, 0, "revenue"), &Cell::Float(9.5));
+        assert_eq!(col(t, 0, "count"), &Cell::Int(2));
+        assert_eq!(col(t, 0, "paid"), &Cell::Bool(true));
+        assert!(matches!(col(t, 0, "at"), Cell::Timestamp(_)));
+        assert_eq!(col(t, 0, "tags"), &Cell::Text("[\"a\"]".into()));
+        assert_eq!(
+            col(t, 0, "property_id"),
+            &Cell::Text("p-1".into()),
+            "reserved names get a prefix"
+        );
+        assert_eq!(col(t, 0, "id"), &Cell::Text("m1".into()));
+        assert!(matches!(col(t, 0, "received_at"), Cell::Timestamp(_)));
+    }
+
+    #[test]
+    fn first_type_wins_and_misfits_are_discarded() {
+        let (load, catalog) = map(&[
+            json!({"type": "identify", "messageId": "a", "userId": "u1", "traits": {"age": 30, "plan": "pro"}}),
+            json!({"type": "identify", "messageId": "b", "userId": "u2", "traits": {"age": "old", "email": "x@y.z"}}),
+        ]);
+        let t = &load.tables["identifies"];
+        assert_eq!(col(t, 1, "age"), &Cell::Null);
+        assert_eq!(col(t, 1, "email"), &Cell::Text("x@y.z".into()));
+        assert_eq!(load.discards.len(), 1);
+        let d = &load.discards[0];
+        assert_eq!(
+            (
+                d.table.as_str(),
+                d.column.as_str(),
+                d.value.as_str(),
+                d.row_id.as_str()
+            ),
+            ("identifies", "age", "old", "b")
+        );
+        assert!(d.reason.contains("does not fit"), "{}", d.reason);
+        assert_eq!(catalog.schemas["web"]["identifies"]["age"], ColumnType::Int);
+        assert_eq!(load.users, ["u1", "u2"]);
+        let users = &load.tables["users"];
+        assert!(users.columns.iter().any(|(c, _)| c == "email"));
+    }
+
+    #[test]
+    fn colliding_event_names_and_caps() {
+        let (load, _) =
+            map(&[json!({"type": "track", "event": "Users", "messageId": "a", "userId": "u"})]);
+        assert!(load.tables.contains_key("event_users"));
+        let mut catalog = Catalog::default();
+        let mut load = SchemaLoad {
+            schema: "web".into(),
+            ..SchemaLoad::default()
+        };
+        let mut m = Mapper {
+            catalog: &mut catalog,
+            caps: Caps {
+                max_tables: 2,
+                max_columns: 11,
+                identifier_limit: 63,
+            },
+            loaded_at: timestamp::now(),
+        };
+        m.add(&mut load, json!({"type": "track", "event": "A", "messageId": "a", "userId": "u", "properties": {"x": 1, "y": 2}}).as_object().unwrap());
+        m.add(
+            &mut load,
+            json!({"type": "track", "event": "B", "messageId": "b", "userId": "u"})
+                .as_object()
+                .unwrap(),
+        );
+        assert!(!load.tables.contains_key("b"), "over the table cap");
+        assert!(
+            load.discards
+                .iter()
+                .any(|d| d.table == "b" && d.reason.contains("cap of 2 tables"))
+        );
+        assert!(
+            load.discards
+                .iter()
+                .any(|d| d.column == "y" && d.reason.contains("cap of 11 columns"))
+        );
+    }
+}

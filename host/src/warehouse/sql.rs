@@ -1,0 +1,108 @@
+//! SQL text shared by the loaders: quoting, DDL, and the `users` recompute.
+
+use super::schema::{ColumnType, TableLoad};
+
+/// A quoted identifier: `"order completed"` stays one name, `"` is doubled.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `"schema"."table"`.
+pub fn qualified(schema: &str, table: &str) -> String {
+    format!("{}.{}", ident(schema), ident(table))
+}
+
+/// The SQL type of a column in an engine.
+pub trait Dialect {
+    fn type_name(&self, ty: ColumnType) -> &'static str;
+    /// Whether tables get `PRIMARY KEY (id)` (PostgreSQL) or rely on the anti-join (DuckDB, whose
+    /// `ALTER TABLE ADD COLUMN` refuses tables with indexes).
+    fn primary_keys(&self) -> bool;
+}
+
+/// Statements that create `table` or add its new columns.
+pub fn ddl(d: &dyn Dialect, schema: &str, table: &str, t: &TableLoad) -> Vec<String> {
+    let name = qualified(schema, table);
+    let mut out = Vec::new();
+    if t.create {
+        let mut cols: Vec<String> = t
+            .columns
+            .iter()
+            .map(|(c, ty)| format!("{} {}", ident(c), d.type_name(*ty)))
+            .collect();
+        if d.primary_keys() && t.columns.iter().any(|(c, _)| c == "id") {
+            cols.push("PRIMARY KEY (\"id\")".into());
+        }
+        out.push(format!(
+            "CREATE TABLE IF NOT EXISTS {name} ({})",
+            cols.join(", ")
+        ));
+        if table == "identifies" && d.primary_keys() {
+            out.push(format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {name} (\"user_id\")",
+                ident(&format!("{table}_user_id_idx"))
+            ));
+        }
+    }
+    for (c, ty) in &t.add {
+        out.push(format!(
+            "ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {} {}",
+            ident(c),
+            d.type_name(*ty)
+        ));
+    }
+    out
+}
+
+/// Rebuilds the `users` rows of the ids in `affected` (a one-column table of user ids) from
+/// `identifies`: per trait column, the latest non-null value by `timestamp`.
+pub fn recompute_users(schema: &str, users: &TableLoad, affected: &str, now: &str) -> Vec<String> {
+    let users_t = qualified(schema, "users");
+    let identifies = qualified(schema, "identifies");
+    let traits: Vec<&String> = users
+        .columns
+        .iter()
+        .map(|(c, _)| c)
+        .filter(|c| !matches!(c.as_str(), "id" | "received_at" | "uuid_ts"))
+        .collect();
+    let mut cols = vec![
+        "\"id\"".to_owned(),
+        "\"received_at\"".into(),
+        "\"uuid_ts\"".into(),
+    ];
+    let mut values = vec![
+        "a.id".to_owned(),
+        format!("(SELECT max(i.\"received_at\") FROM {identifies} i WHERE i.\"user_id\" = a.id)"),
+        now.to_owned(),
+    ];
+    for c in traits {
+        let q = ident(c);
+        cols.push(q.clone());
+        values.push(format!(
+            "(SELECT i.{q} FROM {identifies} i WHERE i.\"user_id\" = a.id AND i.{q} IS NOT NULL \
+             ORDER BY i.\"timestamp\" DESC NULLS LAST, i.\"received_at\" DESC NULLS LAST LIMIT 1)"
+        ));
+    }
+    vec![
+        format!("DELETE FROM {users_t} WHERE \"id\" IN (SELECT id FROM {affected})"),
+        format!(
+            "INSERT INTO {users_t} ({}) SELECT {} FROM (SELECT DISTINCT id FROM {affected}) a",
+            cols.join(", "),
+            values.join(", ")
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(
+            qualified("web", "order completed"),
+            "\"web\".\"order completed\""
+        );
+    }
+}

@@ -1,0 +1,489 @@
+//! Warehouse batch mode against real PostgreSQL (127.0.0.1:5432, each test its own database) and
+//! real DuckDB files: the Segment/RudderStack layout, types and evolution, discards, dedupe,
+//! crash and outage, and a dbt-style query on data sent through the HTTP API.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{Weir, basic, client, eventually};
+use tokio_postgres::{Client, NoTls};
+
+const PG: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
+
+/// A fresh database for one test; dropped by nothing (names are unique per run).
+async fn fresh_database(tag: &str) -> (String, Client) {
+    let (admin, conn) = match tokio_postgres::connect(PG, NoTls).await {
+        Ok(c) => c,
+        Err(e) if std::env::var("CI").is_err() => {
+            panic!("PostgreSQL is required at 127.0.0.1:5432 (user postgres, trust): {e}")
+        }
+        Err(e) => panic!("PostgreSQL at 127.0.0.1:5432 is required under CI: {e}"),
+    };
+    tokio::spawn(conn);
+    let name = format!("weir_{tag}_{}", weir::ids::random_token(8).to_lowercase());
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create database");
+    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    let (client, conn) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    (url, client)
+}
+
+fn config(warehouse: &str, extra_source: &str) -> String {
+    format!(
+        r#"listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+token = "test-admin-token-0123456789"
+
+[[sources]]
+name = "web"
+write_keys = ["test-key"]
+{extra_source}
+
+{warehouse}
+"#
+    )
+}
+
+async fn send(weir: &Weir, events: Vec<Value>) {
+    let r = client()
+        .post(weir.url("/v1/batch"))
+        .header("authorization", basic("test-key"))
+        .json(&json!({ "batch": events }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// Events of every type, with a sentAt so timestamps are corrected.
+fn every_type() -> Vec<Value> {
+    vec![
+        json!({"type": "identify", "messageId": "i1", "userId": "u1", "anonymousId": "a1",
+            "traits": {"email": "ann@example.com", "plan": "free", "age": 30},
+            "timestamp": "2024-05-01T10:00:00.000Z"}),
+        json!({"type": "track", "messageId": "t1", "userId": "u1", "event": "Order Completed",
+            "properties": {"revenue": 19.5, "items": 2, "gift": false, "coupon": "SPRING"},
+            "context": {"page": {"path": "/checkout"}}, "timestamp": "2024-05-01T10:05:00.000Z"}),
+        json!({"type": "page", "messageId": "p1", "anonymousId": "a1", "name": "Home",
+            "properties": {"path": "/", "title": "Shop"}, "timestamp": "2024-05-01T09:59:00.000Z"}),
+        json!({"type": "screen", "messageId": "s1", "userId": "u2", "name": "Settings",
+            "timestamp": "2024-05-02T08:00:00.000Z"}),
+        json!({"type": "group", "messageId": "g1", "userId": "u1", "groupId": "acme",
+            "traits": {"employees": 40}, "timestamp": "2024-05-01T10:01:00.000Z"}),
+        json!({"type": "alias", "messageId": "al1", "userId": "u1", "previousId": "a1",
+            "timestamp": "2024-05-01T10:02:00.000Z"}),
+        json!({"type": "identify", "messageId": "i2", "userId": "u1",
+            "traits": {"plan": "pro"}, "timestamp": "2024-05-03T10:00:00.000Z"}),
+        json!({"type": "identify", "messageId": "i0", "userId": "u1",
+            "traits": {"plan": "trial", "email": "old@example.com"}, "timestamp": "2024-04-01T10:00:00.000Z"}),
+        json!({"type": "track", "messageId": "t2", "userId": "u2", "event": "Order Completed",
+            "properties": {"revenue": 5, "items": 1}, "timestamp": "2024-05-02T08:01:00.000Z"}),
+    ]
+}
+
+async fn pg_rows(c: &Client, sql: &str) -> Vec<tokio_postgres::Row> {
+    c.query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+async fn wait_pg(c: &Client, sql: &str, want: i64) {
+    let mut last = -1;
+    for _ in 0..300 {
+        if let Ok(r) = c.query_one(sql, &[]).await {
+            last = r.get::<_, i64>(0);
+            if last == want {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{sql}: got {last}, want {want}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_gets_the_segment_layout() {
+    let (url, pg) = fresh_database("layout").await;
+    let weir = Weir::start(&config(
+        &format!(
+            "[[warehouses]]\nname = \"pg\"\nengine = \"postgres\"\nurl = \"{url}\"\nsources = [\"web\"]\nflush_interval_ms = 200\n"
+        ),
+        "",
+    ));
+    send(&weir, every_type()).await;
+    wait_pg(&pg, "SELECT count(*) FROM web.tracks", 2).await;
+
+    // Tables and row counts.
+    for (table, n) in [
+        ("tracks", 2i64),
+        ("order_completed", 2),
+        ("identifies", 3),
+        ("users", 1),
+        ("pages", 1),
+        ("screens", 1),
+        ("groups", 1),
+        ("aliases", 1),
+    ] {
+        let r = pg_rows(&pg, &format!("SELECT count(*) FROM web.{table}")).await;
+        assert_eq!(r[0].get::<_, i64>(0), n, "{table}");
+    }
+    // Real types: timestamps, numbers, booleans.
+    let types: Vec<(String, String)> = pg_rows(
+        &pg,
+        "SELECT column_name, data_type FROM information_schema.columns \
+         WHERE table_schema = 'web' AND table_name = 'order_completed'",
+    )
+    .await
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect();
+    let ty = |c: &str| {
+        types
+            .iter()
+            .find(|(n, _)| n == c)
+            .map(|(_, t)| t.as_str())
+            .unwrap_or("missing")
+    };
+    assert_eq!(ty("timestamp"), "timestamp with time zone");
+    assert_eq!(ty("received_at"), "timestamp with time zone");
+    assert_eq!(ty("original_timestamp"), "timestamp with time zone");
+    assert_eq!(ty("uuid_ts"), "timestamp with time zone");
+    assert_eq!(ty("revenue"), "double precision");
+    assert_eq!(ty("items"), "bigint");
+    assert_eq!(ty("gift"), "boolean");
+    assert_eq!(ty("coupon"), "text");
+    assert_eq!(ty("context_page_path"), "text");
+    assert_eq!(ty("event_text"), "text");
+    let t = pg_rows(
+        &pg,
+        "SELECT event, event_text, context_page_path, user_id FROM web.tracks WHERE id = 't1'",
+    )
+    .await;
+    assert_eq!(t[0].get::<_, String>(0), "order_completed");
+    assert_eq!(t[0].get::<_, String>(1), "Order Completed");
+    assert_eq!(t[0].get::<_, String>(2), "/checkout");
+    assert_eq!(t[0].get::<_, String>(3), "u1");
+    // users: per trait, the latest non-null value by timestamp.
+    let u = pg_rows(
+        &pg,
+        "SELECT plan, email, age FROM web.users WHERE id = 'u1'",
+    )
+    .await;
+    assert_eq!(u[0].get::<_, String>(0), "pro");
+    assert_eq!(u[0].get::<_, String>(1), "ann@example.com");
+    assert_eq!(u[0].get::<_, i64>(2), 30);
+    let g = pg_rows(&pg, "SELECT group_id, employees FROM web.groups").await;
+    assert_eq!(
+        (g[0].get::<_, String>(0), g[0].get::<_, i64>(1)),
+        ("acme".into(), 40)
+    );
+    let a = pg_rows(&pg, "SELECT previous_id FROM web.aliases").await;
+    assert_eq!(a[0].get::<_, String>(0), "a1");
+
+    // A new property adds a column; a value of the wrong type goes to discards with its row
+    // landing, that column NULL.
+    send(
+        &weir,
+        vec![
+            json!({"type": "track", "messageId": "t3", "userId": "u3", "event": "Order Completed",
+                "properties": {"revenue": "lots", "items": 3, "channel": "email"}}),
+        ],
+    )
+    .await;
+    wait_pg(&pg, "SELECT count(*) FROM web.order_completed", 3).await;
+    let r = pg_rows(
+        &pg,
+        "SELECT revenue, items, channel FROM web.order_completed WHERE id = 't3'",
+    )
+    .await;
+    assert_eq!(r[0].get::<_, Option<f64>>(0), None);
+    assert_eq!(r[0].get::<_, i64>(1), 3);
+    assert_eq!(r[0].get::<_, String>(2), "email");
+    let d = pg_rows(
+        &pg,
+        "SELECT table_name, column_name, column_value, reason, row_id FROM web.discards",
+    )
+    .await;
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].get::<_, String>(0), "order_completed");
+    assert_eq!(d[0].get::<_, String>(1), "revenue");
+    assert_eq!(d[0].get::<_, String>(2), "lots");
+    assert!(d[0].get::<_, String>(3).contains("double"));
+    assert_eq!(d[0].get::<_, String>(4), "t3");
+
+    // `weir warehouse status` reports tables and lag.
+    let out = std::process::Command::new(support::weir_bin())
+        .args(["warehouse", "status", "--config"])
+        .arg(&weir.config_path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("lag 0 record"), "{text}");
+    assert!(
+        text.contains("web.order_completed") && text.contains("3 rows"),
+        "{text}"
+    );
+}
+
+/// A dbt-style model on data sent through the HTTP API: daily active users from tracks and
+/// identifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dbt_style_query_returns_the_expected_numbers() {
+    let (url, pg) = fresh_database("dbt").await;
+    let weir = Weir::start(&config(
+        &format!(
+            "[[warehouses]]\nname = \"pg\"\nengine = \"postgres\"\nurl = \"{url}\"\nsources = [\"web\"]\nflush_interval_ms = 200\n"
+        ),
+        "",
+    ));
+    send(&weir, every_type()).await;
+    wait_pg(&pg, "SELECT count(*) FROM web.identifies", 3).await;
+    let rows = pg_rows(
+        &pg,
+        "WITH activity AS ( \
+           SELECT user_id, \"timestamp\" FROM web.tracks \
+           UNION ALL SELECT user_id, \"timestamp\" FROM web.identifies) \
+         SELECT date_trunc('day', \"timestamp\" AT TIME ZONE 'UTC')::date AS day, \
+                count(DISTINCT user_id) AS dau \
+         FROM activity WHERE user_id IS NOT NULL GROUP BY 1 ORDER BY 1",
+    )
+    .await;
+    let got: Vec<(String, i64)> = rows
+        .iter()
+        .map(|r| (r.get::<_, time::Date>(0).to_string(), r.get::<_, i64>(1)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("2024-04-01".to_owned(), 1),
+            ("2024-05-01".to_owned(), 1),
+            ("2024-05-02".to_owned(), 1),
+            ("2024-05-03".to_owned(), 1),
+        ]
+    );
+}
+
+/// SIGKILL while loading, restart: every event is in its table exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_mid_load_neither_loses_nor_duplicates() {
+    let (url, pg) = fresh_database("crash").await;
+    let mut weir = Weir::start(&config(
+        &format!(
+            "[[warehouses]]\nname = \"pg\"\nengine = \"postgres\"\nurl = \"{url}\"\nsources = [\"web\"]\nflush_interval_ms = 50\nflush_events = 40\n"
+        ),
+        "",
+    ));
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        let batch: Vec<Value> = (0..25)
+            .map(|k| {
+                let id = format!("c{n}-{k}");
+                ids.push(id.clone());
+                json!({"type": "track", "messageId": id, "userId": format!("u{k}"), "event": "Tick",
+                    "properties": {"n": n}})
+            })
+            .collect();
+        send(&weir, batch).await;
+    }
+    // Kill while loads are under way.
+    for _ in 0..300 {
+        if let Ok(r) = pg.query_one("SELECT count(*) FROM web.tracks", &[]).await
+            && r.get::<_, i64>(0) > 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    weir.kill9();
+    weir.respawn();
+    wait_pg(&pg, "SELECT count(*) FROM web.tick", ids.len() as i64).await;
+    let distinct = pg_rows(&pg, "SELECT count(DISTINCT id) FROM web.tick").await;
+    assert_eq!(distinct[0].get::<_, i64>(0), ids.len() as i64);
+    wait_pg(&pg, "SELECT count(*) FROM web.tracks", ids.len() as i64).await;
+}
+
+/// PostgreSQL refusing connections, then back: nothing is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_outage_loses_nothing() {
+    let (url, pg) = fresh_database("outage").await;
+    let proxy = Proxy::start().await;
+    let via_proxy = url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let weir = Weir::start(&config(
+        &format!(
+            "[[warehouses]]\nname = \"pg\"\nengine = \"postgres\"\nurl = \"{via_proxy}\"\nsources = [\"web\"]\nflush_interval_ms = 100\n"
+        ),
+        "",
+    ));
+    send(
+        &weir,
+        vec![json!({"type": "track", "messageId": "before", "userId": "u", "event": "E"})],
+    )
+    .await;
+    wait_pg(&pg, "SELECT count(*) FROM web.tracks", 1).await;
+
+    proxy.set_up(false);
+    for i in 0..20 {
+        send(&weir, vec![json!({"type": "track", "messageId": format!("during-{i}"), "userId": "u", "event": "E"})]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = pg_rows(&pg, "SELECT count(*) FROM web.tracks").await;
+    assert_eq!(
+        r[0].get::<_, i64>(0),
+        1,
+        "nothing can load while PostgreSQL is unreachable"
+    );
+    assert!(
+        weir.log_text().contains("warehouse load failed"),
+        "{}",
+        weir.log_text()
+    );
+
+    proxy.set_up(true);
+    wait_pg(&pg, "SELECT count(*) FROM web.tracks", 21).await;
+    let metrics = support::metrics(&weir).await;
+    assert!(
+        metrics.contains("weir_warehouse_load_failures_total{warehouse=\"pg\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("weir_warehouse_rows_loaded_total{warehouse=\"pg\"}"),
+        "{metrics}"
+    );
+}
+
+/// DuckDB, the embedded default: the same layout in a file any DuckDB client can open; the
+/// loader waits while another process holds the file; duplicates land once.
+#[tokio::test(flavor = "multi_thread")]
+async fn duckdb_loads_dedupes_and_waits_for_the_file() {
+    let weir = Weir::start(&config(
+        "[[warehouses]]\nname = \"wh\"\nengine = \"duckdb\"\nsources = [\"web\"]\nflush_interval_ms = 100\n",
+        "dedupe = { window_secs = 0 }",
+    ));
+    let file = weir.data_dir().join("wh.duckdb");
+    send(&weir, every_type()).await;
+    // The same messageId again (the gateway's dedupe window is 0 here): one row in the end.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    send(&weir, vec![every_type()[1].clone()]).await;
+    let query = |sql: &str| -> Option<i64> {
+        let conn = duckdb::Connection::open(&file).ok()?;
+        conn.query_row(sql, [], |r| r.get::<_, i64>(0)).ok()
+    };
+    let counted = eventually(Duration::from_secs(30), || {
+        (query("SELECT count(*) FROM web.identifies") == Some(3)).then_some(())
+    });
+    assert!(counted.is_some(), "{}", weir.log_text());
+    assert_eq!(
+        query("SELECT count(*) FROM web.tracks"),
+        Some(2),
+        "a duplicate lands once"
+    );
+    assert_eq!(
+        query("SELECT count(*) FROM web.order_completed WHERE id = 't1'"),
+        Some(1)
+    );
+    assert_eq!(query("SELECT count(*) FROM web.users"), Some(1));
+    {
+        let conn = duckdb::Connection::open(&file).unwrap();
+        let plan: String = conn
+            .query_row("SELECT plan FROM web.users WHERE id = 'u1'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(plan, "pro");
+        let ty: String = conn
+            .query_row(
+                "SELECT data_type FROM information_schema.columns WHERE table_schema = 'web' \
+                 AND table_name = 'tracks' AND column_name = 'timestamp'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(ty, "TIMESTAMP WITH TIME ZONE");
+        let utc: i64 = conn
+            .query_row(
+                "SELECT epoch_ms(\"timestamp\") FROM web.tracks WHERE id = 't1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(utc, 1_714_557_900_000, "2024-05-01T10:05:00Z, in UTC");
+    }
+
+    // Hold the file as another process would (a writer connection), send more: the loader
+    // waits, and loads once the file is free.
+    let held = duckdb::Connection::open(&file).unwrap();
+    send(
+        &weir,
+        vec![json!({"type": "track", "messageId": "late", "userId": "u9", "event": "Late"})],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    drop(held);
+    let late = eventually(Duration::from_secs(30), || {
+        (query("SELECT count(*) FROM web.late") == Some(1)).then_some(())
+    });
+    assert!(late.is_some(), "{}", weir.log_text());
+    assert_eq!(query("SELECT count(DISTINCT id) FROM web.tracks"), Some(3));
+}
+
+/// A TCP forwarder to PostgreSQL that can be switched off (connections refused) and on.
+struct Proxy {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    async fn start() -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = up.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5432").await
+                    else {
+                        return;
+                    };
+                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    tokio::pin!(copy);
+                    loop {
+                        tokio::select! {
+                            _ = &mut copy => return,
+                            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                                if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Proxy { port, up }
+    }
+
+    /// Off: open connections are cut and new ones closed at once.
+    fn set_up(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+    }
+}
