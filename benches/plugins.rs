@@ -42,7 +42,7 @@ use wasmtime::Store;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use weir::event::RawObject;
+use weir::event::check_object;
 use weir::plugin::bindings::transformer::TransformerPre;
 use weir::plugin::bindings::types::{Event, Label, Level, Outcome};
 use weir::plugin::engine::content_hash;
@@ -238,14 +238,27 @@ fn metrics() -> Arc<PluginMetrics> {
     Metrics::new().plugins.clone()
 }
 
-/// The host's check of a plugin's output, as the pipeline does it: UTF-8 and a JSON object.
+/// A version of normalize with [`CONFIG`] and the production limits.
+fn load_version(
+    engine: &Arc<PluginEngine>,
+    wasm: &Arc<[u8]>,
+) -> anyhow::Result<Arc<LoadedVersion>> {
+    Ok(LoadedVersion::load(
+        engine,
+        "normalize",
+        Some(PluginKind::Transformer),
+        wasm.clone(),
+        CONFIG,
+        PluginLimits::default(),
+        metrics(),
+    )?)
+}
+
+/// The host's check of a plugin's output, the pipeline's own: every kept event a JSON object.
 fn check_outcomes(outcomes: &[Outcome]) -> anyhow::Result<()> {
     for o in outcomes {
         match o {
-            Outcome::Keep(payload) => {
-                let text = std::str::from_utf8(payload).context("a kept event is not UTF-8")?;
-                RawObject::parse(text).context("a kept event is not a JSON object")?;
-            }
+            Outcome::Keep(payload) => check_object(payload).map_err(anyhow::Error::msg)?,
             other => bail!("normalize did not keep an event: {other:?}"),
         }
     }
@@ -312,15 +325,7 @@ mod cost {
     pub fn measure(wasm: &Arc<[u8]>, runs: usize) -> anyhow::Result<Costs> {
         println!("\n== per-event cost: normalize, WASM vs native");
         let engine = PluginEngine::new(None)?;
-        let version = LoadedVersion::load(
-            &engine,
-            "normalize",
-            Some(PluginKind::Transformer),
-            wasm.clone(),
-            CONFIG,
-            PluginLimits::default(),
-            metrics(),
-        )?;
+        let version = load_version(&engine, wasm)?;
         let mut native: Normalize = weir_plugin::init_from_json(CONFIG)
             .map_err(|e| anyhow::anyhow!("native normalize refused the config: {e}"))?;
         let pool = pool();
@@ -648,15 +653,7 @@ mod startup {
         let (mut load, mut first, mut warm) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..STARTUP_SAMPLES {
             let started = Instant::now();
-            let version = LoadedVersion::load(
-                &engine,
-                "normalize",
-                Some(PluginKind::Transformer),
-                wasm.clone(),
-                CONFIG,
-                PluginLimits::default(),
-                metrics(),
-            )?;
+            let version = load_version(&engine, wasm)?;
             load.push(ms(started.elapsed()));
             let started = Instant::now();
             check_outcomes(&version.run(batch)?)?;

@@ -487,3 +487,61 @@ impl Proxy {
         self.up.store(up, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// A warehouse's own filter chain: PII masked for this warehouse only; an event a filter fails
+/// on goes to the warehouse's dead-letter queue instead of the table.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warehouse_filter_chain_applies_to_it_alone() {
+    let plugins = format!(
+        "[[plugins]]\nname = \"pii\"\npath = \"{}\"\nkind = \"filter\"\nconfig = {{ paths = [\"traits.email\"], mode = \"redact\" }}\n\n\
+         [[plugins]]\nname = \"strict\"\npath = \"{}\"\n",
+        weir::plugin::bundled::path("pii-mask").display(),
+        weir::plugin::bundled::path("fault-panic").display()
+    );
+    let weir = Weir::start(&config(
+        &format!(
+            "[[warehouses]]\nname = \"wh\"\nengine = \"duckdb\"\nsources = [\"web\"]\nflush_interval_ms = 100\nfilters = [\"pii\", \"strict\"]\n\n{plugins}"
+        ),
+        "",
+    ));
+    send(
+        &weir,
+        vec![
+            json!({"type": "identify", "messageId": "ok1", "userId": "u1", "traits": {"email": "ann@example.com"}}),
+            json!({"type": "identify", "messageId": "bad", "userId": "u2", "traits": {"email": "bob@example.com"},
+                "properties": {"poison": true}}),
+            json!({"type": "identify", "messageId": "ok2", "userId": "u3", "traits": {"email": "cy@example.com"}}),
+        ],
+    )
+    .await;
+    let file = weir.data_dir().join("wh.duckdb");
+    let loaded = eventually(Duration::from_secs(30), || {
+        let conn = duckdb::Connection::open(&file).ok()?;
+        let emails: Vec<String> = conn
+            .prepare("SELECT email FROM web.identifies ORDER BY id")
+            .ok()?
+            .query_map([], |r| r.get(0))
+            .ok()?
+            .filter_map(Result::ok)
+            .collect();
+        (emails.len() == 2).then_some(emails)
+    })
+    .unwrap_or_else(|| panic!("{}", weir.log_text()));
+    assert_eq!(loaded, ["[redacted]", "[redacted]"]);
+    // The processed log (and any other consumer) still has the original events.
+    let processed = weir.dump("processed");
+    assert_eq!(processed[0]["event"]["traits"]["email"], "ann@example.com");
+    // The failed event is in the warehouse's dead-letter queue.
+    let out = std::process::Command::new(support::weir_bin())
+        .args(["dlq", "list", "--data-dir"])
+        .arg(weir.data_dir())
+        .output()
+        .unwrap();
+    let entries: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["entry"]["stage"], "warehouse:wh");
+    assert_eq!(entries[0]["entry"]["event"]["messageId"], "bad");
+}

@@ -303,7 +303,26 @@ impl App {
                 .map_err(thread_err("start the plugin watcher"))?,
         );
 
+        let mut dlqs = HashMap::from([(pipeline::DLQ.to_owned(), pipeline_dlq.clone())]);
         for spec in &config.warehouses {
+            let filters = spec
+                .filters
+                .iter()
+                .map(|name| registry.get(name).cloned())
+                .collect::<Result<Vec<_>, _>>()?;
+            let dlq = if filters.is_empty() {
+                None
+            } else {
+                let dlq = Arc::new(Dlq::open(
+                    &config.data_dir,
+                    &spec.stage(),
+                    storage.clone(),
+                    &LogOptions::from(&config.log),
+                    metrics.log("dlq"),
+                )?);
+                dlqs.insert(spec.stage(), dlq.clone());
+                Some(dlq)
+            };
             threads.push(
                 WarehouseLoader {
                     spec: spec.clone(),
@@ -311,6 +330,8 @@ impl App {
                     offsets: processed_offsets.clone(),
                     metrics: metrics.warehouses.clone(),
                     data_dir: config.data_dir.clone(),
+                    filters,
+                    dlq,
                 }
                 .spawn(stop.clone())
                 .map_err(thread_err("start a warehouse loader"))?,
@@ -355,7 +376,7 @@ impl App {
             metrics: metrics.clone(),
             token: admin_token.clone(),
             registry: registry.clone(),
-            dlqs: HashMap::from([(pipeline::DLQ.to_owned(), pipeline_dlq.clone())]),
+            dlqs,
             raw: raw_log.appender(),
         });
 

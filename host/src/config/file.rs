@@ -130,6 +130,8 @@ struct WarehouseFile {
     max_tables: Option<usize>,
     max_columns: Option<usize>,
     backfill: Option<bool>,
+    #[serde(default)]
+    filters: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -463,6 +465,7 @@ fn warehouse(
         max_tables: w.max_tables.unwrap_or(500),
         max_columns: w.max_columns.unwrap_or(1_000),
         backfill: w.backfill.unwrap_or(false),
+        filters: w.filters,
     };
     if spec.flush_interval.is_zero()
         || spec.flush_events == 0

@@ -234,6 +234,7 @@ impl Config {
             max_tables: 500,
             max_columns: 1_000,
             backfill: true,
+            filters: Vec::new(),
         }];
         config
     }

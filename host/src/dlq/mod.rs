@@ -52,6 +52,26 @@ pub struct Entry {
 }
 
 impl DeadLetter {
+    /// An entry for `record` (as it entered `stage`) that failed with `error`, in `version` of a
+    /// plugin when a plugin failed it.
+    pub fn new(
+        stage: &str,
+        record: &Record,
+        version: Option<&crate::plugin::LoadedVersion>,
+        error: &str,
+    ) -> DeadLetter {
+        DeadLetter {
+            stage: stage.to_owned(),
+            source: record.meta.source.as_str().to_owned(),
+            plugin: version.map(|v| v.plugin.clone()),
+            version: version.map(|v| v.version.to_string()),
+            error: error.to_owned(),
+            failed_at: crate::timestamp::format(crate::timestamp::now()),
+            log_offset: record.offset.0,
+            event: serde_json::from_slice(&record.payload).unwrap_or(Value::Null),
+        }
+    }
+
     /// The record for this entry.
     pub fn encode(&self) -> EncodedRecord {
         let event_json = self.event.to_string();

@@ -9,6 +9,14 @@ use crate::dedupe;
 use crate::ids::{Offset, SourceId};
 use crate::log::{EventType, RecordKind, RecordMeta};
 
+/// Checks that a plugin's output is a JSON object (UTF-8).
+pub fn check_object(payload: &[u8]) -> Result<(), String> {
+    let text = std::str::from_utf8(payload).map_err(|_| "the event is not UTF-8".to_string())?;
+    RawObject::parse(text)
+        .map(|_| ())
+        .map_err(|e| format!("the event is not a JSON object ({e})"))
+}
+
 /// The routing facts of an event, as the log's record header carries them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {

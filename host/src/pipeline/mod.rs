@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::dlq::{DeadLetter, Dlq};
-use crate::event::{Header, RawObject, json_string};
+use crate::event::{Header, RawObject, check_object, json_string};
 use crate::ids::{ConsumerId, Offset, SourceId};
 use crate::log::{
     Appender, EncodedRecord, Log, LogError, LogReader, OffsetStore, Record, RecordKind, record,
@@ -29,7 +29,6 @@ use crate::plugin::isolate::{EventResult, run_isolated};
 use crate::plugin::registry::PluginSlot;
 use crate::plugin::{LoadedVersion, PluginKind};
 use crate::telemetry::{OutcomeLabels, PluginMetrics, StageLabels};
-use crate::timestamp;
 
 /// The raw-log consumer name of the pipeline.
 pub fn consumer() -> ConsumerId {
@@ -342,14 +341,6 @@ impl Pipeline {
     }
 }
 
-/// A plugin's output must be a JSON object.
-fn check_object(payload: &[u8]) -> Result<(), String> {
-    let text = std::str::from_utf8(payload).map_err(|_| "the event is not UTF-8".to_string())?;
-    RawObject::parse(text)
-        .map(|_| ())
-        .map_err(|e| format!("the event is not a JSON object ({e})"))
-}
-
 /// Gives the i-th expanded event the id `{messageId}:{i}`.
 fn expand(input: &[u8], outputs: Vec<Vec<u8>>, raw_offset: Offset) -> Result<Vec<Vec<u8>>, String> {
     let base = std::str::from_utf8(input)
@@ -417,14 +408,5 @@ fn dropped_record(
 }
 
 fn dead_letter(raw: &Record, version: Option<&LoadedVersion>, error: &str) -> DeadLetter {
-    DeadLetter {
-        stage: DLQ.to_owned(),
-        source: raw.meta.source.as_str().to_owned(),
-        plugin: version.map(|v| v.plugin.clone()),
-        version: version.map(|v| v.version.to_string()),
-        error: error.to_owned(),
-        failed_at: timestamp::format(timestamp::now()),
-        log_offset: raw.offset.0,
-        event: serde_json::from_slice(&raw.payload).unwrap_or(serde_json::Value::Null),
-    }
+    DeadLetter::new(DLQ, raw, version, error)
 }

@@ -23,9 +23,14 @@ use std::time::{Duration, Instant};
 use loader::{Loader, WarehouseError};
 use schema::{Caps, Catalog, Mapper, SchemaLoad};
 
+use crate::dlq::{DeadLetter, Dlq};
+use crate::event::check_object;
 use crate::ids::{ConsumerId, Offset, SourceId};
-use crate::log::{OffsetStore, RecordKind, Shared};
-use crate::telemetry::{WarehouseLabels, WarehouseMetrics};
+use crate::log::{OffsetStore, Record, RecordKind, Shared};
+use crate::plugin::bindings::types::{Event, Outcome};
+use crate::plugin::isolate::{EventResult, run_isolated};
+use crate::plugin::registry::PluginSlot;
+use crate::telemetry::{OutcomeLabels, WarehouseLabels, WarehouseMetrics};
 use crate::timestamp;
 
 /// The engine of a warehouse.
@@ -49,11 +54,18 @@ pub struct WarehouseSpec {
     pub max_columns: usize,
     /// A new warehouse loads the whole processed log still kept, instead of starting at its head.
     pub backfill: bool,
+    /// Filter plugins run on this warehouse's events only (consent, say), in order.
+    pub filters: Vec<String>,
 }
 
 impl WarehouseSpec {
     pub fn consumer(&self) -> ConsumerId {
-        ConsumerId::new(&format!("warehouse:{}", self.name))
+        ConsumerId::new(&self.stage())
+    }
+
+    /// The stage name (`warehouse:<name>`): its consumer id and dead-letter queue.
+    pub fn stage(&self) -> String {
+        format!("warehouse:{}", self.name)
     }
 
     /// The database schema of each source: its name in snake_case.
@@ -103,6 +115,9 @@ pub struct WarehouseLoader {
     pub offsets: Arc<OffsetStore>,
     pub metrics: Arc<WarehouseMetrics>,
     pub data_dir: PathBuf,
+    /// The warehouse's own filter chain, and the queue for events a filter fails on.
+    pub filters: Vec<Arc<PluginSlot>>,
+    pub dlq: Option<Arc<Dlq>>,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -174,7 +189,19 @@ impl WarehouseLoader {
             let (records, next) = self.collect(&mut reader, stop)?;
             let Some(next) = next else { continue };
             let started = Instant::now();
-            let loads = self.map(&mut catalog, &records, &sources);
+            let mine: Vec<&Record> = records
+                .iter()
+                .filter(|r| r.meta.kind == RecordKind::Event && sources.contains(&r.meta.source))
+                .collect();
+            let (events, dead) = self.filter(mine);
+            // Dead letters are durable before the load that skips their events commits.
+            if let Some(dlq) = &self.dlq
+                && !dead.is_empty()
+            {
+                dlq.push_blocking(&dead)
+                    .map_err(|e| WarehouseError::Load(format!("cannot write the dead-letter queue: {e}")))?;
+            }
+            let loads = self.map(&mut catalog, &events);
             let stats = loader.load(&loads, next)?;
             if let Err(e) = self.offsets.commit(&consumer, next) {
                 tracing::warn!(error = %e, "cannot record the warehouse's offset for retention");
@@ -237,12 +264,76 @@ impl WarehouseLoader {
         Ok((records, next))
     }
 
-    fn map(
-        &self,
-        catalog: &mut Catalog,
-        records: &[crate::log::Record],
-        sources: &HashSet<&SourceId>,
-    ) -> Vec<SchemaLoad> {
+    /// Runs the warehouse's filters; returns the events to load (as the filters left them) and
+    /// the dead letters of the events a filter failed on.
+    fn filter<'r>(&self, records: Vec<&'r Record>) -> (Vec<(&'r Record, Vec<u8>)>, Vec<DeadLetter>) {
+        let mut items: Vec<(&Record, Vec<u8>)> = records.into_iter().map(|r| (r, r.payload.to_vec())).collect();
+        let mut dead = Vec::new();
+        let stage = self.spec.stage();
+        for slot in &self.filters {
+            if items.is_empty() {
+                break;
+            }
+            let version = slot.active();
+            let events: Vec<Event> = items
+                .iter()
+                .map(|(r, payload)| Event {
+                    payload: payload.clone(),
+                    source: r.meta.source.as_str().to_owned(),
+                    offset: r.offset.0,
+                })
+                .collect();
+            let results = run_isolated(&version, &events);
+            let mut next = Vec::with_capacity(items.len());
+            let mut failed = 0;
+            let count = |outcome: &'static str| {
+                version
+                    .metrics()
+                    .outcomes
+                    .get_or_create(&OutcomeLabels {
+                        plugin: version.plugin.clone(),
+                        version: version.version.to_string(),
+                        outcome,
+                    })
+                    .inc();
+            };
+            for ((r, _), result) in items.into_iter().zip(results) {
+                let error = match result {
+                    EventResult::Outcome(Outcome::Keep(payload)) => {
+                        count("keep");
+                        match check_object(&payload) {
+                            Ok(()) => {
+                                next.push((r, payload));
+                                continue;
+                            }
+                            Err(e) => format!("{}: keep: {e}", version.plugin),
+                        }
+                    }
+                    EventResult::Outcome(Outcome::Drop(reason)) => {
+                        count("drop");
+                        tracing::debug!(warehouse = %self.spec.name, plugin = %version.plugin, %reason, offset = r.offset.0, "event not loaded");
+                        continue;
+                    }
+                    EventResult::Outcome(Outcome::Fail(e)) => {
+                        count("fail");
+                        e
+                    }
+                    EventResult::Outcome(Outcome::Expand(_)) => format!(
+                        "{}: a filter may keep, drop or fail events, not expand them",
+                        version.plugin
+                    ),
+                    EventResult::Failed(e) => e,
+                };
+                failed += 1;
+                dead.push(DeadLetter::new(&stage, r, Some(&version), &error));
+            }
+            slot.report(&version, events.len() as u64, failed);
+            items = next;
+        }
+        (items, dead)
+    }
+
+    fn map(&self, catalog: &mut Catalog, events: &[(&Record, Vec<u8>)]) -> Vec<SchemaLoad> {
         let mut loads: BTreeMap<String, SchemaLoad> = BTreeMap::new();
         let mut mapper = Mapper {
             catalog,
@@ -253,11 +344,8 @@ impl WarehouseLoader {
             },
             loaded_at: timestamp::now(),
         };
-        for r in records {
-            if r.meta.kind != RecordKind::Event || !sources.contains(&r.meta.source) {
-                continue;
-            }
-            let Ok(serde_json::Value::Object(event)) = serde_json::from_slice(&r.payload) else {
+        for (r, payload) in events {
+            let Ok(serde_json::Value::Object(event)) = serde_json::from_slice(payload) else {
                 continue;
             };
             let schema = schema_name(&r.meta.source);
