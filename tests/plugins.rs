@@ -554,15 +554,37 @@ async fn manual_rollback_activate_and_restart_keep_the_chosen_version() {
     let mut weir = Weir::start(&config_with(r#"transforms = ["tagger"]"#, &plugins));
     let (_, list) = admin(&weir, "/admin/plugins", None).await;
     let v1 = list["plugins"][0]["active"].as_str().unwrap().to_owned();
-    let (status, body) = admin(
-        &weir,
-        "/admin/plugins/tagger/deploy",
-        Some(json!({"config": tagger("v2")})),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let v2 = body["active"].as_str().unwrap().to_owned();
+    // `weir plugin deploy` talks to the admin API of the running router.
+    let config_file = weir.dir.join("v2.json");
+    std::fs::write(&config_file, tagger("v2").to_string()).unwrap();
+    let out = Command::new(weir_bin())
+        .args(["plugin", "deploy", "tagger", "--config"])
+        .arg(&config_file)
+        .args(["--admin", &weir.admin, "--token", TOKEN])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, list) = admin(&weir, "/admin/plugins", None).await;
+    let v2 = list["plugins"][0]["active"].as_str().unwrap().to_owned();
     assert_ne!(v1, v2);
+    assert!(stdout.contains(&v2), "{stdout}");
+    // A file that is not a component is refused with the reason; the live version stays.
+    let junk = weir.dir.join("junk.wasm");
+    std::fs::write(&junk, b"\0asm not really").unwrap();
+    let out = Command::new(weir_bin())
+        .args(["plugin", "deploy", "tagger", "--wasm"])
+        .arg(&junk)
+        .args(["--admin", &weir.admin, "--token", TOKEN])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success());
+    assert!(stderr.contains("422"), "{stderr}");
     let (status, body) = admin(&weir, "/admin/plugins/tagger/rollback", None).await;
     assert_eq!(
         (status, body["active"].as_str().unwrap()),

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::dedupe::{DedupeIndex, journal};
+use crate::delivery::{self, Delivery};
 use crate::dlq::Dlq;
 use crate::gateway::{Gateway, SourceState};
 use crate::ids::{ConsumerId, Offset, SourceId, random_token};
@@ -140,7 +141,9 @@ fn open(
         pipeline::DLQ,
         storage.clone(),
         &options,
+        config.dlq,
         metrics.log("dlq"),
+        metrics.dlq.clone(),
     )?);
     let offsets = Arc::new(OffsetStore::open(storage.clone(), &layout.raw_offsets)?);
     let processed_offsets = Arc::new(OffsetStore::open(
@@ -165,16 +168,26 @@ fn open(
         &offsets,
     )?;
     let pipeline_from = pipeline::resume_offset(&raw_log, &processed_log, &offsets)?;
-    // A new warehouse starts where the processed log is now (or at its oldest record with
-    // `backfill`); fixed before any traffic is accepted, so no event slips past it.
-    for w in &config.warehouses {
-        if processed_offsets.load(&w.consumer())?.is_none() {
-            let start = if w.backfill {
+    // A new warehouse or destination starts where the processed log is now (or at its oldest
+    // record with `backfill`); fixed before any traffic is accepted, so no event slips past it.
+    let consumers = config
+        .warehouses
+        .iter()
+        .map(|w| (w.consumer(), w.backfill))
+        .chain(
+            config
+                .destinations
+                .iter()
+                .map(|d| (d.consumer(), d.backfill)),
+        );
+    for (consumer, backfill) in consumers {
+        if processed_offsets.load(&consumer)?.is_none() {
+            let start = if backfill {
                 processed_log.oldest()
             } else {
                 processed_log.head().next
             };
-            processed_offsets.commit(&w.consumer(), start)?;
+            processed_offsets.commit(&consumer, start)?;
         }
     }
     let admin_token = match &config.admin.token {
@@ -318,7 +331,9 @@ impl App {
                     &spec.stage(),
                     storage.clone(),
                     &LogOptions::from(&config.log),
+                    config.dlq,
                     metrics.log("dlq"),
+                    metrics.dlq.clone(),
                 )?);
                 dlqs.insert(spec.stage(), dlq.clone());
                 Some(dlq)
@@ -338,15 +353,61 @@ impl App {
             );
         }
 
+        let mut deliveries = HashMap::new();
+        for spec in &config.destinations {
+            let plugin = registry.get(&spec.plugin)?.clone();
+            delivery::check_plugin(&plugin).map_err(|e| AppError::Plugin(PluginError::Init(e)))?;
+            let chain = spec
+                .chain
+                .iter()
+                .map(|name| registry.get(name).cloned())
+                .collect::<Result<Vec<_>, _>>()?;
+            let dlq = Arc::new(Dlq::open(
+                &config.data_dir,
+                &spec.stage(),
+                storage.clone(),
+                &LogOptions::from(&config.log),
+                config.dlq,
+                metrics.log("dlq"),
+                metrics.dlq.clone(),
+            )?);
+            dlqs.insert(spec.stage(), dlq.clone());
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            deliveries.insert(spec.stage(), tx);
+            threads.push(
+                Delivery {
+                    spec: spec.clone(),
+                    log: processed_log.shared().clone(),
+                    offsets: processed_offsets.clone(),
+                    plugin,
+                    chain,
+                    dlq,
+                    metrics: metrics.delivery.clone(),
+                    store_dir: layout
+                        .data_dir
+                        .join("delivery")
+                        .join(spec.consumer().file_stem()),
+                    replays: rx,
+                }
+                .spawn(stop.clone())
+                .map_err(thread_err("start a destination"))?,
+            );
+        }
+
         // Raw segments go once the pipeline and the dedupe journal are past them; processed
-        // segments once every warehouse is (and never while nothing reads them).
+        // segments once every warehouse and destination is (never while nothing reads them).
         let consumers: Vec<ConsumerId> = vec![pipeline::consumer(), journal::consumer()];
         let mut retention = vec![spawn_retention(
             raw_log.shared().clone(),
             offsets.clone(),
             consumers,
         )];
-        let downstream: Vec<ConsumerId> = config.warehouses.iter().map(|w| w.consumer()).collect();
+        let downstream: Vec<ConsumerId> = config
+            .warehouses
+            .iter()
+            .map(|w| w.consumer())
+            .chain(config.destinations.iter().map(|d| d.consumer()))
+            .collect();
         if !downstream.is_empty() {
             retention.push(spawn_retention(
                 processed_log.shared().clone(),
@@ -354,6 +415,11 @@ impl App {
                 downstream,
             ));
         }
+
+        retention.push(spawn_dlq_caps(
+            dlqs.values().cloned().collect(),
+            config.dlq.max_age,
+        ));
 
         let sources: HashMap<SourceId, Arc<SourceState>> = config
             .sources
@@ -378,6 +444,7 @@ impl App {
             registry: registry.clone(),
             dlqs,
             raw: raw_log.appender(),
+            deliveries,
         });
 
         let ingest_listener = bind(config.listen).await?;
@@ -470,7 +537,32 @@ impl App {
     }
 }
 
-/// Deletes raw-log segments every configured consumer is past.
+/// Applies the dead-letter queues' age cap as time passes (appends apply both caps already).
+fn spawn_dlq_caps(dlqs: Vec<Arc<Dlq>>, max_age: Duration) -> JoinHandle<()> {
+    // A quarter of the age cap, so entries live at most 25% longer than it; at most a minute.
+    let every = (max_age / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let dlqs = dlqs.clone();
+            let swept = tokio::task::spawn_blocking(move || {
+                for dlq in &dlqs {
+                    if let Err(e) = dlq.enforce_caps() {
+                        tracing::warn!(queue = %dlq.name, error = %e, "cannot apply the dead-letter caps");
+                    }
+                }
+            })
+            .await;
+            if let Err(e) = swept {
+                tracing::warn!(error = %e, "dead-letter cap task failed");
+            }
+        }
+    })
+}
+
+/// Deletes log segments every configured consumer is past.
 fn spawn_retention(
     log: Arc<crate::log::Shared>,
     offsets: Arc<OffsetStore>,

@@ -8,6 +8,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod dedupe;
+pub mod delivery;
 pub mod dlq;
 pub mod event;
 pub mod gateway;

@@ -1,6 +1,8 @@
 //! Test harness: the real `weir` binary on `127.0.0.1:0`, in its own temp dir.
 #![allow(dead_code)]
 
+pub mod sink;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -194,6 +196,12 @@ impl Weir {
 impl Drop for Weir {
     fn drop(&mut self) {
         self.kill9();
+        // WEIR_TEST_KEEP=1 keeps the temp dir (config, data, weir.log) for a post-mortem.
+        if std::env::var_os("WEIR_TEST_KEEP").is_some()
+            && let Some(t) = self._temp.take()
+        {
+            eprintln!("kept {}", t.keep().display());
+        }
     }
 }
 

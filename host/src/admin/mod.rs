@@ -22,7 +22,8 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::dlq::Dlq;
+use crate::delivery::Replay;
+use crate::dlq::{DeadLetter, Dlq};
 use crate::event::{Header, RawObject};
 use crate::gateway::error::ApiError;
 use crate::ids::SourceId;
@@ -42,6 +43,8 @@ pub struct Admin {
     pub dlqs: HashMap<String, Arc<Dlq>>,
     /// Where replays of the pipeline's dead letters go: the raw log.
     pub raw: Appender,
+    /// Where replays of a destination's dead letters go: its delivery engine.
+    pub deliveries: HashMap<String, tokio::sync::mpsc::Sender<Replay>>,
 }
 
 #[derive(Deserialize)]
@@ -154,7 +157,8 @@ impl Admin {
             }
             (Method::POST, ["dlq", queue, "replay"]) => {
                 let dlq = self.dlq(queue)?;
-                self.replay(dlq).await
+                let query = req.uri().query().unwrap_or_default().to_owned();
+                self.replay(dlq, &query).await
             }
             (m, _) => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -209,51 +213,135 @@ impl Admin {
         ))
     }
 
-    /// Sends a queue's entries through their stage again. Only the pipeline's queue can be
-    /// replayed here: its entries go back into the raw log, in order.
-    async fn replay(&self, dlq: Arc<Dlq>) -> Result<Response<Full<Bytes>>, ApiError> {
-        if dlq.name != crate::pipeline::DLQ {
+    /// Sends a queue's entries through their stage again, oldest first: the pipeline's into the
+    /// raw log, a destination's into its delivery (behind the events their keys have waiting).
+    /// `limit=N` replays at most N entries per call (the CLI calls again, showing progress);
+    /// `since=T` replays only entries dead-lettered at or after T, the older ones stay queued.
+    async fn replay(&self, dlq: Arc<Dlq>, query: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+        let mut limit = usize::MAX;
+        let mut since = None;
+        for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
+            match k {
+                "limit" => {
+                    limit = v.parse().map_err(|_| {
+                        ApiError::bad_request(
+                            "invalid_query",
+                            format!("limit: `{v}` is not a number"),
+                        )
+                    })?
+                }
+                "since" => {
+                    let v = v.replace("%3A", ":").replace("%2B", "+");
+                    since = Some(timestamp::parse(&v).ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid_query",
+                            format!("since: `{v}` is not an ISO-8601 date-time"),
+                        )
+                    })?);
+                }
+                _ => {}
+            }
+        }
+        let reader = dlq.clone();
+        let all = blocking(move || reader.entries()).await?;
+        let total = all.len();
+        let batch: Vec<_> = all.into_iter().take(limit.max(1)).collect();
+        let Some(last) = batch.last().map(|e| e.id) else {
+            return Ok(json_response(
+                StatusCode::OK,
+                json!({"replayed": 0, "kept": 0, "remaining": 0}),
+            ));
+        };
+        let (replay, keep): (Vec<DeadLetter>, Vec<DeadLetter>) = batch
+            .iter()
+            .map(|e| e.letter.clone())
+            .partition(|l| match since {
+                Some(t) => timestamp::parse(&l.failed_at).is_none_or(|at| at >= t),
+                None => true,
+            });
+        let n = replay.len();
+        if dlq.name == crate::pipeline::DLQ {
+            self.replay_into_raw(&replay).await?;
+        } else if let Some(tx) = self.deliveries.get(&dlq.name) {
+            let (done, rx) = tokio::sync::oneshot::channel();
+            tx.send(Replay {
+                letters: replay,
+                done,
+            })
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the destination is stopping",
+                )
+            })?;
+            rx.await
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "the destination is stopping",
+                    )
+                })?
+                .map_err(|e| {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", e)
+                })?;
+        } else {
             return Err(ApiError::new(
                 StatusCode::NOT_IMPLEMENTED,
                 "not_implemented",
                 format!("replay of `{}` is not supported yet", dlq.name),
             ));
         }
-        let reader = dlq.clone();
-        let entries = blocking(move || reader.entries()).await?;
-        let Some(last) = entries.last().map(|e| e.id) else {
-            return Ok(json_response(StatusCode::OK, json!({"replayed": 0})));
-        };
+        // At least once: the entries are cleared only once their events are safe again; the
+        // ones `since` skipped go back at the end of the queue first.
+        let kept = keep.len();
+        let clearer = dlq.clone();
+        blocking(move || {
+            clearer.push_blocking(&keep).map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "storage_error",
+                    e.to_string(),
+                )
+            })?;
+            clearer
+                .clear_before(crate::ids::Offset(last + 1))
+                .map_err(ApiError::from)
+        })
+        .await?;
+        tracing::info!(queue = %dlq.name, events = n, kept, "replayed dead letters");
+        Ok(json_response(
+            StatusCode::OK,
+            json!({"replayed": n, "kept": kept, "remaining": total - batch.len() + kept}),
+        ))
+    }
+
+    async fn replay_into_raw(&self, letters: &[DeadLetter]) -> Result<(), ApiError> {
         let now = timestamp::now_ms();
-        let records = entries
+        let records = letters
             .iter()
-            .map(|e| {
-                let json = e.letter.event.to_string();
+            .map(|l| {
+                let json = l.event.to_string();
                 let header = RawObject::parse(&json)
                     .map(|o| Header::of(&o))
                     .map_err(|_| {
                         ApiError::new(
                             StatusCode::INTERNAL_SERVER_ERROR,
                             "invalid_entry",
-                            format!("dead letter {} holds no JSON object", e.id),
+                            "a dead letter holds no JSON object",
                         )
                     })?;
-                let meta = header.record_meta(
-                    RecordKind::Event,
-                    SourceId::new(&e.letter.source),
-                    now,
-                    None,
-                );
+                let meta =
+                    header.record_meta(RecordKind::Event, SourceId::new(&l.source), now, None);
                 Ok(record::encode(&meta, json.as_bytes()))
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
-        let n = records.len();
-        // At least once: the entries are cleared only after the events are durable again.
-        self.raw.append(records).await?;
-        let clearer = dlq.clone();
-        blocking(move || clearer.clear_before(crate::ids::Offset(last + 1))).await?;
-        tracing::info!(queue = %dlq.name, events = n, "replayed dead letters");
-        Ok(json_response(StatusCode::OK, json!({"replayed": n})))
+        if !records.is_empty() {
+            self.raw.append(records).await?;
+        }
+        Ok(())
     }
 
     fn authorize(&self, req: &Request<Incoming>) -> Result<(), ApiError> {

@@ -27,13 +27,22 @@ pub enum DlqCommand {
     },
     /// Send a queue's events through their stage again, in order, on the running router.
     Replay {
-        /// Queue to replay (default `pipeline`).
+        /// Queue to replay: `pipeline` (default) or `destination:NAME`.
         #[arg(long, default_value = "pipeline")]
         queue: String,
+        /// The queue of a destination (same as --queue destination:NAME).
+        #[arg(long)]
+        destination: Option<String>,
+        /// Only entries dead-lettered at or after this time (ISO-8601); older ones stay queued.
+        #[arg(long)]
+        since: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
 }
+
+/// Entries per replay call.
+const REPLAY_CHUNK: usize = 1000;
 
 pub fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
     match command {
@@ -60,17 +69,35 @@ pub fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        DlqCommand::Replay { queue, admin } => {
-            let answer = admin_client::call(
-                &admin,
-                http::Method::POST,
-                &format!("/admin/dlq/{queue}/replay"),
-                None,
-            )?;
-            println!(
-                "replayed {} event(s) from `{queue}`",
-                answer["replayed"].as_u64().unwrap_or(0)
-            );
+        DlqCommand::Replay {
+            queue,
+            destination,
+            since,
+            admin,
+        } => {
+            let queue = destination.map_or(queue, |d| format!("destination:{d}"));
+            let since = since.map(|s| format!("&since={s}")).unwrap_or_default();
+            // In chunks, so a long replay shows progress and each chunk is durable on its own.
+            let (mut replayed, mut seen, mut total) = (0u64, 0u64, None);
+            loop {
+                let answer = admin_client::call(
+                    &admin,
+                    http::Method::POST,
+                    &format!("/admin/dlq/{queue}/replay?limit={REPLAY_CHUNK}{since}"),
+                    None,
+                )?;
+                let n = answer["replayed"].as_u64().unwrap_or(0);
+                let kept = answer["kept"].as_u64().unwrap_or(0);
+                let remaining = answer["remaining"].as_u64().unwrap_or(0);
+                let total = *total.get_or_insert(n + kept + remaining.saturating_sub(kept));
+                replayed += n;
+                seen += n + kept;
+                if n + kept == 0 || seen >= total {
+                    break;
+                }
+                eprintln!("  replayed {replayed} of up to {total}...");
+            }
+            println!("replayed {replayed} event(s) from `{queue}`");
             Ok(ExitCode::SUCCESS)
         }
     }

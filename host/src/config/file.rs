@@ -12,9 +12,10 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    AdminConfig, Config, DedupeConfig, Limits, LogConfig, PipelineConfig, Problem, RateLimit,
-    SourceConfig, env,
+    AdminConfig, Config, DedupeConfig, DlqConfig, Limits, LogConfig, PipelineConfig, Problem,
+    RateLimit, SourceConfig, env,
 };
+use crate::delivery::{DestinationSpec, RetryPolicy};
 use crate::ids::{SourceId, WriteKey};
 use crate::plugin::registry::{PluginSpec, RollbackPolicy};
 use crate::plugin::{PluginKind, PluginLimits};
@@ -60,6 +61,16 @@ struct LogFile {
     #[serde(default = "default_max_log_bytes")]
     max_bytes: u64,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DlqFile {
+    max_bytes: Option<u64>,
+    max_age_ms: Option<u64>,
+}
+
+/// The smallest DLQ size cap: a queue keeps eight segments of at least 8 KiB.
+const MIN_DLQ_BYTES: u64 = 64 * 1024;
 
 fn default_segment_bytes() -> u64 {
     128 * 1024 * 1024
@@ -136,6 +147,41 @@ struct WarehouseFile {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct DestinationFile {
+    name: String,
+    plugin: String,
+    sources: Vec<String>,
+    #[serde(default)]
+    chain: Vec<String>,
+    #[serde(default)]
+    allow_hosts: Vec<String>,
+    batch_size: Option<usize>,
+    concurrency: Option<usize>,
+    rate_limit: Option<DestinationRateFile>,
+    retry: Option<RetryFile>,
+    timeout_ms: Option<u64>,
+    retry_store_capacity: Option<usize>,
+    backfill: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DestinationRateFile {
+    requests_per_second: u32,
+    burst: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryFile {
+    max_attempts: Option<u32>,
+    max_age_ms: Option<u64>,
+    initial_backoff_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PipelineFile {
     batch_size: Option<usize>,
     watch_interval_ms: Option<u64>,
@@ -171,6 +217,7 @@ pub fn defaults() -> Config {
             flush_bytes: default_flush_bytes(),
             max_bytes: default_max_log_bytes(),
         },
+        dlq: DlqConfig::default(),
         admin: AdminConfig {
             listen: parse_addr(DEFAULT_ADMIN_LISTEN),
             token: None,
@@ -179,6 +226,7 @@ pub fn defaults() -> Config {
         plugins: Vec::new(),
         pipeline: PipelineConfig::default(),
         warehouses: Vec::new(),
+        destinations: Vec::new(),
     }
 }
 
@@ -298,6 +346,24 @@ pub fn parse(
                     };
                 }
             }
+            "dlq" => {
+                if let Some(d) = r.section::<DlqFile>("dlq", value) {
+                    let defaults = DlqConfig::default();
+                    config.dlq = DlqConfig {
+                        max_bytes: d.max_bytes.unwrap_or(defaults.max_bytes),
+                        max_age: d.max_age_ms.map_or(defaults.max_age, Duration::from_millis),
+                    };
+                    if config.dlq.max_bytes < MIN_DLQ_BYTES {
+                        r.problem(
+                            "dlq.max_bytes",
+                            format!("must be at least {MIN_DLQ_BYTES} (64 KiB)"),
+                        );
+                    }
+                    if config.dlq.max_age.is_zero() {
+                        r.problem("dlq.max_age_ms", "must be greater than zero");
+                    }
+                }
+            }
             "admin" => {
                 if let Some(a) = r.section::<AdminFile>("admin", value)
                     && let Some(listen) = r.addr("admin.listen", &a.listen)
@@ -357,6 +423,21 @@ pub fn parse(
                     }
                 }
             }
+            "destinations" => {
+                let toml::Value::Array(items) = value else {
+                    r.problem(
+                        "destinations",
+                        "must be an array of tables: write each destination as [[destinations]]",
+                    );
+                    continue;
+                };
+                for (i, item) in items.into_iter().enumerate() {
+                    let path = format!("destinations[{i}]");
+                    if let Some(d) = r.section::<DestinationFile>(&path, item) {
+                        config.destinations.push(destination(d));
+                    }
+                }
+            }
             "pipeline" => {
                 if let Some(p) = r.section::<PipelineFile>("pipeline", value) {
                     let d = PipelineConfig::default();
@@ -370,8 +451,8 @@ pub fn parse(
             }
             other => r.problem(
                 other,
-                "unknown key; known top-level keys are listen, data_dir, limits, log, admin, \
-                 pipeline, plugins, sources, warehouses",
+                "unknown key; known top-level keys are listen, data_dir, limits, log, dlq, admin, \
+                 pipeline, plugins, sources, warehouses, destinations",
             ),
         }
     }
@@ -420,6 +501,39 @@ fn source(r: &mut Reader<'_>, path: &str, s: SourceFile) -> SourceConfig {
         dedupe,
         transforms: s.transforms,
         filters: s.filters,
+    }
+}
+
+fn destination(d: DestinationFile) -> DestinationSpec {
+    let defaults = RetryPolicy::default();
+    let retry = d.retry.map_or(defaults, |r| RetryPolicy {
+        max_attempts: r.max_attempts.unwrap_or(defaults.max_attempts),
+        max_age: r.max_age_ms.map_or(defaults.max_age, Duration::from_millis),
+        initial_backoff: r
+            .initial_backoff_ms
+            .map_or(defaults.initial_backoff, Duration::from_millis),
+        max_backoff: r
+            .max_backoff_ms
+            .map_or(defaults.max_backoff, Duration::from_millis),
+    });
+    DestinationSpec {
+        name: d.name,
+        plugin: d.plugin,
+        sources: d.sources.iter().map(|s| SourceId::new(s)).collect(),
+        chain: d.chain,
+        allow_hosts: d.allow_hosts,
+        batch_size: d.batch_size.unwrap_or(100),
+        concurrency: d.concurrency.unwrap_or(4),
+        rate_limit: d.rate_limit.map(|r| {
+            (
+                r.requests_per_second,
+                r.burst.unwrap_or(r.requests_per_second),
+            )
+        }),
+        retry,
+        timeout: Duration::from_millis(d.timeout_ms.unwrap_or(10_000)),
+        retry_store_capacity: d.retry_store_capacity.unwrap_or(100_000),
+        backfill: d.backfill.unwrap_or(false),
     }
 }
 
@@ -637,6 +751,101 @@ fn validate(config: &Config, source_index: &[usize], r: &mut Reader<'_>) {
             }
         }
     }
+    let mut destination_names = std::collections::HashSet::new();
+    for (i, d) in config.destinations.iter().enumerate() {
+        let at = |f: &str| format!("destinations[{i}].{f}");
+        if d.name.is_empty()
+            || !d
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            r.problem(
+                at("name"),
+                format!(
+                    "`{}` is not a valid name: use letters, digits, `_` and `-`",
+                    d.name
+                ),
+            );
+        }
+        if !destination_names.insert(d.name.as_str()) {
+            r.problem(
+                at("name"),
+                format!("destination `{}` is defined twice", d.name),
+            );
+        }
+        match plugin_kinds.get(d.plugin.as_str()) {
+            None => r.problem(
+                at("plugin"),
+                format!(
+                    "no plugin named `{}`; define it in a [[plugins]] table",
+                    d.plugin
+                ),
+            ),
+            Some(Some(kind)) if *kind != PluginKind::Destination => r.problem(
+                at("plugin"),
+                format!(
+                    "plugin `{}` is a {kind}; a destination needs a destination plugin",
+                    d.plugin
+                ),
+            ),
+            Some(_) => {}
+        }
+        for (k, name) in d.chain.iter().enumerate() {
+            match plugin_kinds.get(name.as_str()) {
+                None => r.problem(
+                    format!("destinations[{i}].chain[{k}]"),
+                    format!("no plugin named `{name}`"),
+                ),
+                Some(Some(PluginKind::Destination)) => r.problem(
+                    format!("destinations[{i}].chain[{k}]"),
+                    format!(
+                        "plugin `{name}` is a destination; a chain takes transformers and filters"
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
+        if d.sources.is_empty() {
+            r.problem(
+                at("sources"),
+                "empty: name the sources this destination takes",
+            );
+        }
+        for (k, s) in d.sources.iter().enumerate() {
+            if !source_names.contains(s.as_str()) {
+                r.problem(
+                    format!("destinations[{i}].sources[{k}]"),
+                    format!("no source named `{s}`"),
+                );
+            }
+        }
+        if d.allow_hosts.is_empty() {
+            r.problem(
+                at("allow_hosts"),
+                "empty: list the hosts (host or host:port) this destination may send to",
+            );
+        }
+        if d.batch_size == 0
+            || d.concurrency == 0
+            || d.timeout.is_zero()
+            || d.retry_store_capacity == 0
+        {
+            r.problem(
+                format!("destinations[{i}]"),
+                "batch_size, concurrency, timeout_ms and retry_store_capacity must be > 0",
+            );
+        }
+        if d.retry.max_attempts == 0 {
+            r.problem(at("retry.max_attempts"), "must be at least 1");
+        }
+        if d.rate_limit.is_some_and(|(rps, _)| rps == 0) {
+            r.problem(
+                at("rate_limit.requests_per_second"),
+                "must be > 0 (omit rate_limit for none)",
+            );
+        }
+    }
     let mut names: HashMap<&SourceId, usize> = HashMap::new();
     let mut keys: HashMap<&str, usize> = HashMap::new();
     for (s, &i) in config.sources.iter().zip(source_index) {
@@ -791,6 +1000,19 @@ mod tests {
         assert!(paths.contains(&"sources[0].rate_limit.burst"), "{p:?}");
         assert!(paths.iter().any(|p| p.starts_with("sources[1]")), "{p:?}");
         assert!(paths.contains(&"sources[2].name"), "{p:?}");
+    }
+
+    #[test]
+    fn dead_letter_caps() {
+        let c = parse_ok(&format!(
+            "{MINIMAL}[dlq]\nmax_bytes = 1048576\nmax_age_ms = 60000\n"
+        ));
+        assert_eq!(c.dlq.max_bytes, 1 << 20);
+        assert_eq!(c.dlq.max_age, Duration::from_secs(60));
+        assert_eq!(parse_ok(MINIMAL).dlq, DlqConfig::default());
+        let p = problems(&format!("{MINIMAL}[dlq]\nmax_bytes = 10\nmax_age_ms = 0\n"));
+        let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["dlq.max_bytes", "dlq.max_age_ms"]);
     }
 
     #[test]

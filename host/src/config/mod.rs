@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::delivery::DestinationSpec;
 use crate::ids::{SourceId, WriteKey};
 use crate::plugin::registry::PluginSpec;
 use crate::warehouse::{Engine, WarehouseSpec};
@@ -31,6 +32,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub limits: Limits,
     pub log: LogConfig,
+    /// Caps of every dead-letter queue.
+    pub dlq: DlqConfig,
     pub admin: AdminConfig,
     pub sources: Vec<SourceConfig>,
     /// Plugins, referenced by name from sources' chains.
@@ -38,6 +41,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// Batch loading into warehouses.
     pub warehouses: Vec<WarehouseSpec>,
+    /// Real-time delivery to HTTP destinations.
+    pub destinations: Vec<DestinationSpec>,
 }
 
 /// The pipeline from the raw to the processed log.
@@ -83,6 +88,26 @@ pub struct LogConfig {
     /// Size cap of all segments together; beyond it ingest answers 503 until consumers catch up
     /// and segments are deleted. Never silent deletion.
     pub max_bytes: u64,
+}
+
+/// Caps of each dead-letter queue. Entries beyond a cap are evicted, oldest first, counted in
+/// `weir_dlq_evicted_total` and logged: a DLQ that nobody replays must not fill the disk and
+/// stop ingest.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DlqConfig {
+    /// Size cap of one queue on disk.
+    pub max_bytes: u64,
+    /// Entries older than this (since they were dead-lettered) are evicted.
+    pub max_age: Duration,
+}
+
+impl Default for DlqConfig {
+    fn default() -> Self {
+        DlqConfig {
+            max_bytes: 1024 * 1024 * 1024,
+            max_age: Duration::from_secs(14 * 24 * 3600),
+        }
+    }
 }
 
 /// The admin listener: `/metrics` and the admin API.

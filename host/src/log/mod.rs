@@ -372,6 +372,16 @@ impl Log {
         self.shared.total_bytes.load(Ordering::Acquire)
     }
 
+    /// Base offset and length of each segment, oldest first (the last one is active).
+    pub fn segments(&self) -> Vec<(Offset, u64)> {
+        self.shared
+            .segments
+            .lock()
+            .iter()
+            .map(|s| (s.base, s.len))
+            .collect()
+    }
+
     /// False once an fsync failed: the log refuses writes until the router restarts.
     pub fn is_healthy(&self) -> bool {
         self.shared.healthy.load(Ordering::Acquire)

@@ -168,6 +168,45 @@ pub struct WarehouseMetrics {
     pub lag: Family<WarehouseLabels, Gauge>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    pub destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DlqLabels {
+    pub queue: String,
+}
+
+/// Metrics of the dead-letter queues, per queue.
+pub struct DlqMetrics {
+    /// Entries listed and replayable (not replayed, not evicted).
+    pub entries: Family<DlqLabels, Gauge>,
+    /// Bytes on disk.
+    pub bytes: Family<DlqLabels, Gauge>,
+    /// Entries removed by the size or age cap before anyone replayed them.
+    pub evicted: Family<DlqLabels, Counter>,
+    /// The caps, so alerts can compare against them.
+    pub max_bytes: Family<DlqLabels, Gauge>,
+    pub max_age_seconds: Family<DlqLabels, Gauge>,
+}
+
+/// Metrics of destination delivery.
+pub struct DeliveryMetrics {
+    pub delivered: Family<DeliveryLabels, Counter>,
+    /// Events sent again from the retry store.
+    pub retried: Family<DeliveryLabels, Counter>,
+    /// Events the destination refused for good (drop verdicts, rejections, refused hosts).
+    pub dropped: Family<DeliveryLabels, Counter>,
+    pub dead_lettered: Family<DeliveryLabels, Counter>,
+    pub in_flight: Family<DeliveryLabels, Gauge>,
+    /// Processed-log records not yet read by the destination.
+    pub lag: Family<DeliveryLabels, Gauge>,
+    /// Events waiting in the retry store.
+    pub held: Family<DeliveryLabels, Gauge>,
+    pub latency: Family<DeliveryLabels, Histogram>,
+}
+
 /// Metrics of the ingest gateway.
 #[derive(Clone)]
 pub struct GatewayMetrics {
@@ -205,6 +244,8 @@ pub struct Metrics {
     pub gateway: GatewayMetrics,
     pub plugins: Arc<PluginMetrics>,
     pub warehouses: Arc<WarehouseMetrics>,
+    pub delivery: Arc<DeliveryMetrics>,
+    pub dlq: Arc<DlqMetrics>,
     log: LogFamilies,
 }
 
@@ -382,11 +423,99 @@ impl Metrics {
             "Processed-log records not yet loaded into the warehouse",
             warehouses.lag.clone(),
         );
+        let delivery = DeliveryMetrics {
+            delivered: Family::default(),
+            retried: Family::default(),
+            dropped: Family::default(),
+            dead_lettered: Family::default(),
+            in_flight: Family::default(),
+            lag: Family::default(),
+            held: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+        };
+        for (name, help, family) in [
+            (
+                "delivery_delivered",
+                "Events a destination accepted",
+                &delivery.delivered,
+            ),
+            (
+                "delivery_retried",
+                "Events sent again from the retry store",
+                &delivery.retried,
+            ),
+            (
+                "delivery_dropped",
+                "Events a destination refused for good (drop verdicts, rejections, hosts off the allow-list)",
+                &delivery.dropped,
+            ),
+            (
+                "delivery_dead_lettered",
+                "Events sent to a destination's dead-letter queue",
+                &delivery.dead_lettered,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
+        registry.register(
+            "delivery_in_flight",
+            "Requests in flight",
+            delivery.in_flight.clone(),
+        );
+        registry.register(
+            "delivery_lag_events",
+            "Processed-log records the destination has not read yet",
+            delivery.lag.clone(),
+        );
+        registry.register(
+            "delivery_held_events",
+            "Events waiting in the destination's retry store",
+            delivery.held.clone(),
+        );
+        registry.register(
+            "delivery_request_seconds",
+            "Time from sending a request to its answer",
+            delivery.latency.clone(),
+        );
+        let dlq = DlqMetrics {
+            entries: Family::default(),
+            bytes: Family::default(),
+            evicted: Family::default(),
+            max_bytes: Family::default(),
+            max_age_seconds: Family::default(),
+        };
+        registry.register(
+            "dlq_entries",
+            "Dead letters waiting to be replayed",
+            dlq.entries.clone(),
+        );
+        registry.register(
+            "dlq_bytes",
+            "Size of the dead-letter queue on disk",
+            dlq.bytes.clone(),
+        );
+        registry.register(
+            "dlq_evicted",
+            "Dead letters removed by the size or age cap without a replay",
+            dlq.evicted.clone(),
+        );
+        registry.register(
+            "dlq_max_bytes",
+            "Size cap of the dead-letter queue ([dlq] max_bytes)",
+            dlq.max_bytes.clone(),
+        );
+        registry.register(
+            "dlq_max_age_seconds",
+            "Age cap of the dead-letter queue ([dlq] max_age_ms)",
+            dlq.max_age_seconds.clone(),
+        );
         Arc::new(Metrics {
             registry,
             gateway,
             plugins: Arc::new(plugins),
             warehouses: Arc::new(warehouses),
+            delivery: Arc::new(delivery),
+            dlq: Arc::new(dlq),
             log,
         })
     }

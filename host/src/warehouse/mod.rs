@@ -198,8 +198,9 @@ impl WarehouseLoader {
             if let Some(dlq) = &self.dlq
                 && !dead.is_empty()
             {
-                dlq.push_blocking(&dead)
-                    .map_err(|e| WarehouseError::Load(format!("cannot write the dead-letter queue: {e}")))?;
+                dlq.push_blocking(&dead).map_err(|e| {
+                    WarehouseError::Load(format!("cannot write the dead-letter queue: {e}"))
+                })?;
             }
             let loads = self.map(&mut catalog, &events);
             let stats = loader.load(&loads, next)?;
@@ -266,8 +267,14 @@ impl WarehouseLoader {
 
     /// Runs the warehouse's filters; returns the events to load (as the filters left them) and
     /// the dead letters of the events a filter failed on.
-    fn filter<'r>(&self, records: Vec<&'r Record>) -> (Vec<(&'r Record, Vec<u8>)>, Vec<DeadLetter>) {
-        let mut items: Vec<(&Record, Vec<u8>)> = records.into_iter().map(|r| (r, r.payload.to_vec())).collect();
+    fn filter<'r>(
+        &self,
+        records: Vec<&'r Record>,
+    ) -> (Vec<(&'r Record, Vec<u8>)>, Vec<DeadLetter>) {
+        let mut items: Vec<(&Record, Vec<u8>)> = records
+            .into_iter()
+            .map(|r| (r, r.payload.to_vec()))
+            .collect();
         let mut dead = Vec::new();
         let stage = self.spec.stage();
         for slot in &self.filters {

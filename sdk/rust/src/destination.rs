@@ -4,9 +4,9 @@
 //! on the destination's allow-list only) and hands each [`Response`] back to
 //! [`Destination::classify`].
 
-use crate::Event;
 use crate::plugin::Plugin;
 use crate::raw::RawEvent;
+use crate::{Event, date};
 
 /// An HTTP header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +96,22 @@ impl Response {
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value.as_str())
     }
+
+    /// The delay `Retry-After` asks for, in milliseconds: delta-seconds (`120`) or an HTTP date
+    /// (`Wed, 21 Oct 2015 07:28:00 GMT`, counted from the host's clock; a date already past is
+    /// 0). `None` when the header is missing or reads as neither.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        retry_after_ms(self.header("retry-after")?, crate::now_ms())
+    }
+}
+
+fn retry_after_ms(value: &str, now_ms: u64) -> Option<u64> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(seconds.saturating_mul(1000));
+    }
+    let at = u64::try_from(date::http_date_ms(value)?).unwrap_or(0);
+    Some(at.saturating_sub(now_ms))
 }
 
 /// The verdict on one event of a request, for APIs that report failures per event.
@@ -199,18 +215,13 @@ pub trait Destination: Plugin {
     }
 }
 
-/// The usual reading of an HTTP status: 2xx is done; 408, 429 and 5xx are retried (after
-/// `Retry-After` seconds when the API sent it); any other status drops the request with the
-/// status and the start of the body as the reason.
+/// The usual reading of an HTTP status: 2xx is done; 408, 429 and 5xx are retried (after the
+/// delay of `Retry-After`, seconds or an HTTP date, when the API sent one); any other status
+/// drops the request with the status and the start of the body as the reason.
 pub fn classify_by_status(response: &Response) -> Verdict {
     match response.status {
         200..=299 => Verdict::Done,
-        408 | 429 | 500..=599 => Verdict::Retry(
-            response
-                .header("retry-after")
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .map(|seconds| seconds.saturating_mul(1000)),
-        ),
+        408 | 429 | 500..=599 => Verdict::Retry(response.retry_after_ms()),
         status => {
             let body = String::from_utf8_lossy(&response.body);
             let excerpt: String = body.chars().take(200).collect();
@@ -297,5 +308,29 @@ mod tests {
             classify_by_status(&response(400, vec![])),
             Verdict::Drop("HTTP 400: bad field".into())
         );
+        let long_past = vec![Header {
+            name: "retry-after".into(),
+            value: "Sun, 06 Nov 1994 08:49:37 GMT".into(),
+        }];
+        assert_eq!(
+            classify_by_status(&response(503, long_past)),
+            Verdict::Retry(Some(0))
+        );
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        let now = 784_111_777_000;
+        assert_eq!(retry_after_ms(" 30 ", now), Some(30_000));
+        assert_eq!(
+            retry_after_ms("Sun, 06 Nov 1994 08:50:07 GMT", now),
+            Some(30_000)
+        );
+        assert_eq!(
+            retry_after_ms("Sun, 06 Nov 1994 08:49:00 GMT", now),
+            Some(0)
+        );
+        assert_eq!(retry_after_ms("soon", now), None);
+        assert_eq!(retry_after_ms("-5", now), None);
     }
 }

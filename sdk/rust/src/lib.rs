@@ -52,6 +52,7 @@
 //! - [`Plugin`] (typed config, `init`) and one of [`Transform`], [`Filter`], [`Destination`];
 //! - [`export_transform!`], [`export_filter!`], [`export_destination!`];
 //! - host functions: [`log()`] (and [`info!`], [`warn!`]...), [`now_ms`], [`count`];
+//! - [`date`]: event timestamps and HTTP dates as milliseconds since the epoch;
 //! - [`raw`]: the byte-level batch, for benches and the rare plugin that wants the bytes.
 //!
 //! Robustness the SDK provides, so plugins need not: an event whose payload is not a JSON
@@ -59,6 +60,7 @@
 //! a failed `init`, return `fail` outcomes; a config that does not deserialize makes `init`
 //! fail with the offending field named.
 
+pub mod date;
 mod destination;
 mod event;
 mod export;
