@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::dlq::{DeadLetter, Dlq};
 use crate::event::{Header, RawObject, check_object, json_string};
@@ -34,6 +34,12 @@ use crate::telemetry::{OutcomeLabels, PluginMetrics, StageLabels};
 pub fn consumer() -> ConsumerId {
     ConsumerId::new("pipeline")
 }
+
+/// The longest the pipeline's committed offset lags behind its work while busy.
+const OFFSET_COMMIT_EVERY: Duration = Duration::from_secs(1);
+
+/// How long the pipeline waits for more raw records after a short batch.
+const LINGER: Duration = Duration::from_millis(10);
 
 /// The dead-letter queue of the pipeline.
 pub const DLQ: &str = "pipeline";
@@ -94,6 +100,19 @@ impl Pipeline {
     }
 
     fn run(&mut self, stop: &AtomicBool) {
+        // The offset to commit, and when it last was. Committing costs two fsyncs (temp file,
+        // directory) on the disk the raw log's acks wait on, so it is skipped while the
+        // processed log itself says where to resume (`resume_offset`): whenever the last raw
+        // record of a batch left a processed record. It is committed when that is not so (the
+        // batch ended in dead letters), at least every `OFFSET_COMMIT_EVERY` for retention, and
+        // when the pipeline goes idle or stops.
+        let mut pending: Option<Offset> = None;
+        let mut committed_at = Instant::now();
+        let commit = |next: Offset| {
+            if let Err(e) = self.offsets.commit(&consumer(), next) {
+                tracing::warn!(error = %e, "cannot commit the pipeline's offset; it resumes from the processed log");
+            }
+        };
         // On stop the current batch is finished; what is left is read at the next start.
         while !stop.load(Ordering::Acquire) {
             let batch = match self.reader.read_batch(self.batch_size) {
@@ -107,7 +126,22 @@ impl Pipeline {
                     continue;
                 }
             };
+            let mut batch = batch;
+            if !batch.is_empty() && batch.len() < self.batch_size {
+                // A short batch means the pipeline keeps up with ingest: linger a moment so one
+                // processed-log fsync covers several raw-log fsyncs. The two logs share a disk,
+                // and every fsync here delays the acks waiting on the raw log's.
+                std::thread::sleep(LINGER);
+                match self.reader.read_batch(self.batch_size - batch.len()) {
+                    Ok(more) => batch.extend(more),
+                    Err(e) => tracing::warn!(error = %e, "the pipeline cannot read the raw log"),
+                }
+            }
             let Some(last) = batch.last().map(|r| r.offset) else {
+                if let Some(next) = pending.take() {
+                    commit(next);
+                    committed_at = Instant::now();
+                }
                 let pos = self.reader.position();
                 self.reader
                     .shared()
@@ -115,12 +149,19 @@ impl Pipeline {
                 continue;
             };
             let produced = self.process(&batch);
+            let tail_in_processed_log = produced.last().is_some_and(|p| !p.records.is_empty());
             if !self.write(produced, stop) {
-                return;
+                break;
             }
-            if let Err(e) = self.offsets.commit(&consumer(), last.next()) {
-                tracing::warn!(error = %e, "cannot commit the pipeline's offset; it resumes from the processed log");
+            pending = Some(last.next());
+            if !tail_in_processed_log || committed_at.elapsed() >= OFFSET_COMMIT_EVERY {
+                commit(last.next());
+                pending = None;
+                committed_at = Instant::now();
             }
+        }
+        if let Some(next) = pending {
+            commit(next);
         }
     }
 
