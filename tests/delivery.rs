@@ -215,6 +215,69 @@ async fn an_outage_and_a_crash_lose_nothing_and_keep_per_key_order() {
     assert!(dlq(&weir).is_empty());
 }
 
+/// A destination that fails every request is paused (circuit breaker): instead of one attempt
+/// per new event, it gets a few requests and then single probes; once it answers, everything is
+/// delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destination_failing_every_request_is_paused_and_probed() {
+    let sink = Sink::start().await;
+    sink.set(Mode::Status(503, "{}".into()));
+    let weir = Weir::start(&config(&post_destination(
+        "crm",
+        &sink.url("/in"),
+        &format!("127.0.0.1:{}", sink.port),
+        "concurrency = 1",
+    )));
+    // 60 users: without the breaker, each would cost at least one request.
+    send(&weir, (0..60).map(|k| event(k, 0)).collect()).await;
+    let paused = r#"weir_delivery_paused{destination="crm"} 1"#;
+    let mut seen = false;
+    for _ in 0..100 {
+        if metrics(&weir).await.contains(paused) {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen, "paused: {}", metrics(&weir).await);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let attempts = sink.received().len();
+    assert!(
+        attempts < 30,
+        "{attempts} requests while down: the breaker should hold them back"
+    );
+
+    sink.set(Mode::Ok);
+    let back = Instant::now();
+    let delivered = eventually(Duration::from_secs(20), || {
+        let mut got: Vec<String> = sink
+            .received()
+            .into_iter()
+            .filter(|r| r.at >= back)
+            .map(|r| {
+                r.json()["messageId"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        got.sort();
+        got.dedup();
+        (got.len() == 60).then_some(got)
+    });
+    assert!(
+        delivered.is_some(),
+        "every event after the outage; log:\n{}",
+        weir.log_text()
+    );
+    let text = metrics(&weir).await;
+    assert!(
+        text.contains(r#"weir_delivery_paused{destination="crm"} 0"#),
+        "{text}"
+    );
+    assert!(dlq(&weir).is_empty());
+}
+
 /// A request a plugin builds for a host that is not on the allow-list is refused (not sent),
 /// and its events are dead-lettered with the reason.
 #[tokio::test(flavor = "multi_thread")]

@@ -162,6 +162,79 @@ struct Worker<'a> {
     limiter: Option<DefaultDirectRateLimiter>,
     store: RetryStore,
     labels: DeliveryLabels,
+    breaker: Breaker,
+}
+
+/// Requests in a row without a success after which a destination counts as down.
+const BREAKER_THRESHOLD: u32 = 5;
+
+/// The circuit breaker of one destination. Per-key holding copes with a destination that fails
+/// some events; a destination that is down fails them all, and attempting every new event once
+/// (build, send, classify, hold) would spend the CPU the healthy destinations need. So after
+/// [`BREAKER_THRESHOLD`] requests in a row got no success (no answer, or a retry verdict), the
+/// destination stops reading the log and sending retries; after the retry policy's backoff for
+/// its number of trips, one held event is sent as a probe. A probe that succeeds closes the
+/// breaker; one that fails opens it again for longer. Events wait in the log meanwhile.
+#[derive(Default)]
+struct Breaker {
+    /// Requests in a row that failed; written by the lanes, hence atomic.
+    failures: std::sync::atomic::AtomicU32,
+    /// While open: when the next probe may go.
+    open_until_ms: Option<i64>,
+    trips: u32,
+}
+
+enum BreakerState {
+    Closed,
+    Open,
+    /// Open, and the wait is over: send one probe.
+    Probe,
+}
+
+impl Breaker {
+    fn request_failed(&self) {
+        self.failures.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn half_open(&self) {
+        self.failures
+            .store(BREAKER_THRESHOLD - 1, Ordering::Release);
+    }
+
+    fn tripped(&self) -> bool {
+        self.failures.load(Ordering::Acquire) >= BREAKER_THRESHOLD
+    }
+
+    fn request_answered(&self) {
+        self.failures.store(0, Ordering::Release);
+    }
+
+    fn state(&self, now_ms: i64) -> BreakerState {
+        match self.open_until_ms {
+            None => BreakerState::Closed,
+            Some(until_ms) if now_ms < until_ms => BreakerState::Open,
+            Some(_) => BreakerState::Probe,
+        }
+    }
+
+    /// After a round of requests: opens (again) or closes. True if it changed.
+    fn settle(&mut self, policy: &RetryPolicy, now_ms: i64) -> bool {
+        let failing = self.tripped();
+        match (failing, self.open_until_ms.is_some()) {
+            (true, _) => {
+                self.trips += 1;
+                let wait = policy.backoff(self.trips);
+                self.open_until_ms = Some(now_ms + wait.as_millis() as i64);
+                self.trips == 1
+            }
+            (false, true) => {
+                self.open_until_ms = None;
+                self.trips = 0;
+                true
+            }
+            (false, false) => false,
+        }
+    }
 }
 
 const IDLE_WAIT: Duration = Duration::from_millis(100);
@@ -211,6 +284,7 @@ impl Delivery {
             labels: DeliveryLabels {
                 destination: d.spec.name.clone(),
             },
+            breaker: Breaker::default(),
         };
         let consumer = d.spec.consumer();
         let start = d
@@ -229,8 +303,25 @@ impl Delivery {
                 let _ = replay.done.send(result);
                 continue;
             }
-            let mut busy = w.retry_due().await;
-            if !w.store.is_full() {
+            let mut busy = match w.breaker.state(timestamp::now_ms()) {
+                BreakerState::Closed => w.retry_due(false).await,
+                BreakerState::Open => false,
+                BreakerState::Probe => {
+                    if w.store.is_empty() {
+                        // Nothing held to probe with: the next new events are the probe.
+                        w.breaker.request_answered();
+                        w.settle_breaker();
+                        false
+                    } else {
+                        // One failure short of tripped: the probe goes out, and its failure
+                        // alone opens the breaker again.
+                        w.breaker.half_open();
+                        w.retry_due(true).await;
+                        continue;
+                    }
+                }
+            };
+            if !w.store.is_full() && w.breaker.open_until_ms.is_none() {
                 let batch = match reader.read_batch(d.spec.batch_size * d.spec.concurrency) {
                     Ok(b) => b,
                     Err(e) => {
@@ -258,14 +349,26 @@ impl Delivery {
                 }
             }
             if !busy {
-                let next_due = w
-                    .store
-                    .next_due_ms()
-                    .map(|t| Duration::from_millis((t - timestamp::now_ms()).max(0) as u64));
+                let next_due = match w.breaker.open_until_ms {
+                    Some(until_ms) => Some(until_ms),
+                    None => w.store.next_due_ms(),
+                }
+                .map(|t| Duration::from_millis((t - timestamp::now_ms()).max(0) as u64));
                 let wait = next_due.map_or(IDLE_WAIT, |d| d.min(IDLE_WAIT));
                 let pos = reader.position();
+                // New records wake the loop only if it may read them: paused or with a full
+                // store it sleeps until something is due (the log is ahead of it then, and
+                // waiting on the log would return at once and spin).
+                let reading = !w.store.is_full() && w.breaker.open_until_ms.is_none();
+                let log_moved = async {
+                    if reading {
+                        d.log.wait_beyond_async(pos).await
+                    } else {
+                        std::future::pending().await
+                    }
+                };
                 tokio::select! {
-                    _ = tokio::time::timeout(wait, d.log.wait_beyond_async(pos)) => {}
+                    _ = tokio::time::timeout(wait, log_moved) => {}
                     replay = replays.recv() => {
                         if let Some(replay) = replay {
                             let result = w.accept_replay(replay.letters);
@@ -310,16 +413,45 @@ impl Worker<'_> {
         Ok(letters.len())
     }
 
-    /// Sends what is due in the retry store. True if anything was.
-    async fn retry_due(&mut self) -> bool {
-        let due = self.store.due(timestamp::now_ms(), self.d.spec.batch_size);
+    /// Opens or closes the breaker after a round of requests, and says so.
+    fn settle_breaker(&mut self) {
+        let was_open = self.breaker.open_until_ms.is_some();
+        if self.breaker.settle(&self.d.spec.retry, timestamp::now_ms()) {
+            let open = self.breaker.open_until_ms.is_some();
+            self.d
+                .metrics
+                .paused
+                .get_or_create(&self.labels)
+                .set(i64::from(open));
+            if open && !was_open {
+                tracing::warn!(destination = %self.d.spec.name, failures = BREAKER_THRESHOLD, "destination is failing every request: pausing it, probing with one event at growing intervals");
+            } else if !open {
+                tracing::info!(destination = %self.d.spec.name, "destination answers again: resuming");
+            }
+        }
+    }
+
+    /// Sends what is due in the retry store (a `probe`: only its oldest event, due or not).
+    /// True if anything was sent.
+    async fn retry_due(&mut self, probe: bool) -> bool {
+        let (now, limit) = if probe {
+            (i64::MAX, 1)
+        } else {
+            (
+                timestamp::now_ms(),
+                self.d.spec.batch_size * self.d.spec.concurrency,
+            )
+        };
+        let due = self
+            .store
+            .due(now, if probe { 1 } else { self.d.spec.batch_size });
         if due.is_empty() {
             return false;
         }
         let items: Vec<Item> = due
             .into_iter()
             .flatten()
-            .take(self.d.spec.batch_size * self.d.spec.concurrency)
+            .take(limit)
             .map(|h: Held| Item {
                 key: h.key,
                 source: h.source,
@@ -437,6 +569,18 @@ impl Worker<'_> {
                     }
                     continue;
                 }
+                if self.breaker.tripped() {
+                    // The destination failed the last requests in a row: the rest of this
+                    // round waits in the retry store for the breaker's probe.
+                    for i in idx {
+                        fates[i] = Some(Fate::Retry {
+                            after: None,
+                            error: "destination paused: its last requests all failed".into(),
+                            attempted: false,
+                        });
+                    }
+                    continue;
+                }
                 if let Some(l) = &self.limiter {
                     l.until_ready().await;
                 }
@@ -467,6 +611,11 @@ impl Worker<'_> {
                         }
                     }
                 };
+                if verdicts.iter().all(|f| matches!(f, Fate::Retry { .. })) {
+                    self.breaker.request_failed();
+                } else {
+                    self.breaker.request_answered();
+                }
                 for (i, fate) in idx.into_iter().zip(verdicts) {
                     if matches!(fate, Fate::Retry { .. }) {
                         failed_keys.insert(chunk[i].key.clone());
@@ -570,6 +719,7 @@ impl Worker<'_> {
             m.dead_lettered.get_or_create(&self.labels).inc_by(n_dead);
         }
         self.gauge_store();
+        self.settle_breaker();
     }
 
     fn letter(&self, item: &Item, error: &str) -> DeadLetter {

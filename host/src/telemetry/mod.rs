@@ -204,6 +204,8 @@ pub struct DeliveryMetrics {
     pub lag: Family<DeliveryLabels, Gauge>,
     /// Events waiting in the retry store.
     pub held: Family<DeliveryLabels, Gauge>,
+    /// 1 while the destination's circuit breaker is open (every request failing).
+    pub paused: Family<DeliveryLabels, Gauge>,
     pub latency: Family<DeliveryLabels, Histogram>,
 }
 
@@ -431,6 +433,7 @@ impl Metrics {
             in_flight: Family::default(),
             lag: Family::default(),
             held: Family::default(),
+            paused: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
         };
         for (name, help, family) in [
@@ -471,6 +474,11 @@ impl Metrics {
             "delivery_held_events",
             "Events waiting in the destination's retry store",
             delivery.held.clone(),
+        );
+        registry.register(
+            "delivery_paused",
+            "1 while the destination fails every request and only probes (circuit breaker open)",
+            delivery.paused.clone(),
         );
         registry.register(
             "delivery_request_seconds",
