@@ -39,20 +39,9 @@ retry = {{ initial_backoff_ms = 50, max_backoff_ms = 400, max_attempts = 1000 }}
     )
 }
 
+/// The test config (source `web`, key `test-key`) with `destinations` appended.
 fn config(destinations: &str) -> String {
-    format!(
-        r#"listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-token = "test-admin-token-0123456789"
-
-[[sources]]
-name = "web"
-write_keys = ["test-key"]
-
-{destinations}
-"#
-    )
+    support::config(&format!("\n{destinations}"))
 }
 
 async fn send(weir: &Weir, events: Vec<Value>) {

@@ -136,15 +136,7 @@ fn open(
         &options,
         metrics.log("processed"),
     )?;
-    let pipeline_dlq = Arc::new(Dlq::open(
-        &config.data_dir,
-        pipeline::DLQ,
-        storage.clone(),
-        &options,
-        config.dlq,
-        metrics.log("dlq"),
-        metrics.dlq.clone(),
-    )?);
+    let pipeline_dlq = open_dlq(config, storage, metrics, pipeline::DLQ)?;
     let offsets = Arc::new(OffsetStore::open(storage.clone(), &layout.raw_offsets)?);
     let processed_offsets = Arc::new(OffsetStore::open(
         storage.clone(),
@@ -326,15 +318,7 @@ impl App {
             let dlq = if filters.is_empty() {
                 None
             } else {
-                let dlq = Arc::new(Dlq::open(
-                    &config.data_dir,
-                    &spec.stage(),
-                    storage.clone(),
-                    &LogOptions::from(&config.log),
-                    config.dlq,
-                    metrics.log("dlq"),
-                    metrics.dlq.clone(),
-                )?);
+                let dlq = open_dlq(&config, &storage, &metrics, &spec.stage())?;
                 dlqs.insert(spec.stage(), dlq.clone());
                 Some(dlq)
             };
@@ -362,15 +346,7 @@ impl App {
                 .iter()
                 .map(|name| registry.get(name).cloned())
                 .collect::<Result<Vec<_>, _>>()?;
-            let dlq = Arc::new(Dlq::open(
-                &config.data_dir,
-                &spec.stage(),
-                storage.clone(),
-                &LogOptions::from(&config.log),
-                config.dlq,
-                metrics.log("dlq"),
-                metrics.dlq.clone(),
-            )?);
+            let dlq = open_dlq(&config, &storage, &metrics, &spec.stage())?;
             dlqs.insert(spec.stage(), dlq.clone());
             let (tx, rx) = tokio::sync::mpsc::channel(4);
             deliveries.insert(spec.stage(), tx);
@@ -535,6 +511,25 @@ impl App {
         }
         tracing::info!("weir stopped");
     }
+}
+
+/// Opens the dead-letter queue `name` with the configured caps.
+fn open_dlq(
+    config: &Config,
+    storage: &Arc<dyn Storage>,
+    metrics: &Metrics,
+    name: &str,
+) -> Result<Arc<Dlq>, LogError> {
+    Dlq::open(
+        &config.data_dir,
+        name,
+        storage.clone(),
+        &LogOptions::from(&config.log),
+        config.dlq,
+        metrics.log("dlq"),
+        metrics.dlq.clone(),
+    )
+    .map(Arc::new)
 }
 
 /// Applies the dead-letter queues' age cap as time passes (appends apply both caps already).

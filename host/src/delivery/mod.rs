@@ -431,6 +431,28 @@ impl Worker<'_> {
         }
     }
 
+    /// Puts a new event at the end of its key's queue in the retry store.
+    fn hold(
+        &mut self,
+        item: &Item,
+        attempts: u32,
+        first_failed_ms: i64,
+        next_ms: i64,
+        error: &str,
+    ) {
+        let event = serde_json::from_slice(&item.payload).unwrap_or_default();
+        self.store.hold(
+            &item.key,
+            &item.source,
+            item.log_offset,
+            event,
+            attempts,
+            first_failed_ms,
+            next_ms,
+            error,
+        );
+    }
+
     /// Sends what is due in the retry store (a `probe`: only its oldest event, due or not).
     /// True if anything was sent.
     async fn retry_due(&mut self, probe: bool) -> bool {
@@ -497,17 +519,7 @@ impl Worker<'_> {
         let now = timestamp::now_ms();
         for item in items {
             if self.store.is_blocked(&item.key) {
-                let event = serde_json::from_slice(&item.payload).unwrap_or_default();
-                self.store.hold(
-                    &item.key,
-                    &item.source,
-                    item.log_offset,
-                    event,
-                    0,
-                    0,
-                    now,
-                    "",
-                );
+                self.hold(&item, 0, 0, now, "");
             } else {
                 send.push(item);
             }
@@ -683,19 +695,7 @@ impl Worker<'_> {
                     let next = now + delay.as_millis() as i64;
                     match item.held {
                         Some(id) => self.store.update(id, attempts, first, next, &error),
-                        None => {
-                            let event = serde_json::from_slice(&item.payload).unwrap_or_default();
-                            self.store.hold(
-                                &item.key,
-                                &item.source,
-                                item.log_offset,
-                                event,
-                                attempts,
-                                first,
-                                next,
-                                &error,
-                            );
-                        }
+                        None => self.hold(&item, attempts, first, next, &error),
                     }
                 }
             }
