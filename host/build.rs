@@ -2,7 +2,7 @@
 //! a fresh demo plugin and the tests never run stale WASM (Spin builds its test components the
 //! same way).
 //!
-//! The components land in `$OUT_DIR/plugins/<name>.wasm` (`normalize`, `fanout`, `pii-mask`,
+//! The components land in `$OUT_DIR/plugins/<name>.wasm` (`normalize`, `fanout`, `pii-mask`, `consent`,
 //! `fault-loop`, ...). The nested cargo uses its own target directory (`<target>/wasm`) so it
 //! never waits on the lock of the build that runs this script.
 //!
@@ -21,6 +21,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("weir-plugin-normalize", "normalize"),
     ("weir-plugin-fanout", "fanout"),
     ("weir-plugin-pii-mask", "pii-mask"),
+    ("weir-plugin-consent", "consent"),
     ("weir-plugin-webhook", "webhook"),
     ("weir-plugin-amplitude", "amplitude"),
     ("weir-plugin-mixpanel", "mixpanel"),

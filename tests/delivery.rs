@@ -267,6 +267,69 @@ async fn a_destination_failing_every_request_is_paused_and_probed() {
     assert!(dlq(&weir).is_empty());
 }
 
+/// The bundled `consent` filter in one destination's chain: events whose consent (Segment's
+/// categoryPreferences or RudderStack's deniedConsentIds) denies the destination's category are
+/// not sent to it, and are counted; the others are.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_consent_filter_keeps_denied_events_from_a_destination() {
+    let sink = Sink::start().await;
+    let consent = format!(
+        "[[plugins]]\nname = \"consent\"\npath = \"{}\"\nkind = \"filter\"\nconfig = {{ categories = [\"Advertising\"] }}\n",
+        wasm("consent")
+    );
+    let destination = post_destination(
+        "ads",
+        &sink.url("/in"),
+        &format!("127.0.0.1:{}", sink.port),
+        "chain = [\"consent\"]",
+    );
+    let weir = Weir::start(&config(&format!("{consent}\n{destination}")));
+    let with = |id: &str, context: Value| {
+        json!({"type": "track", "event": "Ad Clicked", "userId": id, "messageId": id,
+            "context": context})
+    };
+    send(
+        &weir,
+        vec![
+            with(
+                "segment-denied",
+                json!({"consent": {"categoryPreferences": {"Advertising": false}}}),
+            ),
+            with(
+                "rudder-denied",
+                json!({"consentManagement": {"deniedConsentIds": ["Advertising"]}}),
+            ),
+            with(
+                "granted",
+                json!({"consent": {"categoryPreferences": {"Advertising": true}}}),
+            ),
+            with("no-consent-info", json!({})),
+        ],
+    )
+    .await;
+    let filtered = r#"weir_delivery_filtered_total{destination="ads"} 2"#;
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = metrics(&weir).await;
+        if text.contains(filtered) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(text.contains(filtered), "{text}");
+    assert!(
+        text.contains("consent_dropped") && text.contains(r#"category="Advertising""#),
+        "the plugin's counter: {text}"
+    );
+    sink.wait_for(2, Duration::from_secs(10)).await;
+    // A moment more, so a denied event sent late would show.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got = ids(&sink.received());
+    got.sort();
+    assert_eq!(got, ["granted", "no-consent-info"]);
+    assert!(dlq(&weir).is_empty(), "a consent drop is not a failure");
+}
+
 /// A request a plugin builds for a host that is not on the allow-list is refused (not sent),
 /// and its events are dead-lettered with the reason.
 #[tokio::test(flavor = "multi_thread")]

@@ -510,11 +510,19 @@ impl Worker<'_> {
             })
             .collect();
         let chain = self.d.chain.clone();
-        let (items, mut dead) = if chain.is_empty() {
-            (items, Vec::new())
+        let name = self.d.spec.name.clone();
+        let (items, mut dead, filtered) = if chain.is_empty() {
+            (items, Vec::new(), 0)
         } else {
-            off_runtime(move || run_chain(&chain, items)).await
+            off_runtime(move || run_chain(&name, &chain, items)).await
         };
+        if filtered > 0 {
+            self.d
+                .metrics
+                .filtered
+                .get_or_create(&self.labels)
+                .inc_by(filtered);
+        }
         let mut send = Vec::with_capacity(items.len());
         let now = timestamp::now_ms();
         for item in items {
@@ -791,8 +799,16 @@ async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) 
 
 /// The destination's own chain (transformers and filters); returns the items that go on and
 /// the ones a plugin failed on.
-fn run_chain(chain: &[Arc<PluginSlot>], mut items: Vec<Item>) -> (Vec<Item>, Vec<(Item, String)>) {
+/// Runs the destination's own chain. Returns the events to send, the ones a plugin failed on
+/// (for the DLQ), and how many a filter dropped on purpose (counted, and logged at debug with
+/// their reason: a dropped event is not sent to this destination and needs no replay).
+fn run_chain(
+    destination: &str,
+    chain: &[Arc<PluginSlot>],
+    mut items: Vec<Item>,
+) -> (Vec<Item>, Vec<(Item, String)>, u64) {
     let mut dead = Vec::new();
+    let mut dropped = 0;
     for slot in chain {
         if items.is_empty() {
             break;
@@ -812,7 +828,11 @@ fn run_chain(chain: &[Arc<PluginSlot>], mut items: Vec<Item>) -> (Vec<Item>, Vec
                     }
                     Err(e) => format!("{}: keep: {e}", version.plugin),
                 },
-                EventResult::Outcome(Outcome::Drop(_)) => continue,
+                EventResult::Outcome(Outcome::Drop(reason)) => {
+                    dropped += 1;
+                    tracing::debug!(destination, plugin = %version.plugin, log_offset = item.log_offset, %reason, "dropped by the destination's chain");
+                    continue;
+                }
                 EventResult::Outcome(Outcome::Fail(e)) | EventResult::Failed(e) => e,
                 EventResult::Outcome(Outcome::Expand(_)) => format!(
                     "{}: expand is not supported in a destination's chain",
@@ -825,7 +845,7 @@ fn run_chain(chain: &[Arc<PluginSlot>], mut items: Vec<Item>) -> (Vec<Item>, Vec
         slot.report(&version, events.len() as u64, failed);
         items = next;
     }
-    (items, dead)
+    (items, dead, dropped)
 }
 
 fn event_of(item: &Item) -> Event {

@@ -199,6 +199,8 @@ pub struct DeliveryMetrics {
     /// Events the destination refused for good (drop verdicts, rejections, refused hosts).
     pub dropped: Family<DeliveryLabels, Counter>,
     pub dead_lettered: Family<DeliveryLabels, Counter>,
+    /// Events a filter in the destination's own chain dropped on purpose (consent, say).
+    pub filtered: Family<DeliveryLabels, Counter>,
     pub in_flight: Family<DeliveryLabels, Gauge>,
     /// Processed-log records not yet read by the destination.
     pub lag: Family<DeliveryLabels, Gauge>,
@@ -430,6 +432,7 @@ impl Metrics {
             retried: Family::default(),
             dropped: Family::default(),
             dead_lettered: Family::default(),
+            filtered: Family::default(),
             in_flight: Family::default(),
             lag: Family::default(),
             held: Family::default(),
@@ -456,6 +459,11 @@ impl Metrics {
                 "delivery_dead_lettered",
                 "Events sent to a destination's dead-letter queue",
                 &delivery.dead_lettered,
+            ),
+            (
+                "delivery_filtered",
+                "Events a filter in the destination's chain dropped on purpose (e.g. consent)",
+                &delivery.filtered,
             ),
         ] {
             registry.register(name, help, family.clone());
