@@ -22,6 +22,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("weir-plugin-fanout", "fanout"),
     ("weir-plugin-pii-mask", "pii-mask"),
     ("weir-plugin-consent", "consent"),
+    ("weir-plugin-tracking-plan", "tracking-plan"),
     ("weir-plugin-webhook", "webhook"),
     ("weir-plugin-amplitude", "amplitude"),
     ("weir-plugin-mixpanel", "mixpanel"),

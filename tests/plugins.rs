@@ -175,6 +175,88 @@ filters = ["pii"]"#,
     assert!(records.iter().all(|r| r["kind"] == "event"));
 }
 
+/// A tracking plan as a source filter, over HTTP: planned events pass, an unplanned one is
+/// dropped with its reason in the processed log, a violating one is forwarded with
+/// `context.violationErrors`, and the violations are counted in `/metrics`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tracking_plan_drops_unplanned_and_annotates_violations() {
+    let plugins = format!(
+        r#"
+[[plugins]]
+name = "plan"
+path = "{}"
+kind = "filter"
+
+[plugins.config]
+plan = "web-v1"
+actions = {{ default = {{ unplanned = "drop", violation = "forward" }} }}
+
+[plugins.config.events.track."Order Completed".properties]
+type = "object"
+required = ["revenue"]
+properties = {{ revenue = {{ type = "number" }}, currency = {{ type = "string", enum = ["EUR", "USD"] }} }}
+"#,
+        wasm("tracking-plan")
+    );
+    let weir = Weir::start(&config_with(r#"filters = ["plan"]"#, &plugins));
+    send(
+        &weir,
+        vec![
+            track(
+                "ok",
+                "Order Completed",
+                json!({"revenue": 10, "currency": "EUR"}),
+            ),
+            track("unplanned", "Coupon Applied", json!({})),
+            track(
+                "bad",
+                "Order Completed",
+                json!({"revenue": "ten", "currency": "GBP"}),
+            ),
+        ],
+    )
+    .await;
+    let records = wait_processed(&weir, 3);
+    assert_eq!(records[0]["kind"], "event");
+    assert_eq!(records[0]["event"]["messageId"], "ok");
+    assert!(records[0]["event"]["context"]["violationErrors"].is_null());
+
+    assert_eq!(records[1]["kind"], "dropped", "{:#}", records[1]);
+    let reason = records[1]["reason"].as_str().unwrap();
+    assert!(reason.contains("Unplanned-Event"), "{reason}");
+    assert_eq!(records[1]["plugin"], "plan");
+    assert_eq!(
+        records[1]["event"]["messageId"], "unplanned",
+        "the dropped event is kept whole"
+    );
+
+    assert_eq!(records[2]["kind"], "event");
+    let kinds: Vec<&str> = records[2]["event"]["context"]["violationErrors"]
+        .as_array()
+        .expect("violationErrors")
+        .iter()
+        .map(|v| v["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["Datatype-Mismatch", "Unknown-Violation"],
+        "{:#}",
+        records[2]
+    );
+
+    let text = support::metrics(&weir).await;
+    let counted = |kind: &str, event: &str| {
+        text.lines().any(|l| {
+            l.contains("tracking_plan_violations")
+                && l.contains(&format!("\"{kind}\""))
+                && l.contains(&format!("\"{event}\""))
+                && l.ends_with(" 1")
+        })
+    };
+    assert!(counted("Unplanned-Event", "(unplanned)"), "{text}");
+    assert!(counted("Datatype-Mismatch", "Order Completed"), "{text}");
+}
+
 /// Misbehaving plugins: only the bad events reach the DLQ; the router stays up; other events
 /// and other sources are unaffected.
 #[tokio::test(flavor = "multi_thread")]
