@@ -257,6 +257,75 @@ properties = {{ revenue = {{ type = "number" }}, currency = {{ type = "string", 
     assert!(counted("Datatype-Mismatch", "Order Completed"), "{text}");
 }
 
+/// `weir plan check`: a plan over a file of sample events, no router; exit 1 on violations,
+/// 2 on an invalid plan (naming where it is wrong).
+#[test]
+fn plan_check_reports_violations_without_a_router() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.json");
+    std::fs::write(
+        &plan,
+        json!({"plan": "web-v1",
+            "actions": {"default": {"unplanned": "drop", "violation": "forward"}},
+            "events": {"track": {"Order Completed": {"properties": {"type": "object",
+                "required": ["revenue"], "properties": {"revenue": {"type": "number"}}}}}}})
+        .to_string(),
+    )
+    .unwrap();
+    let events = dir.path().join("events.json");
+    std::fs::write(
+        &events,
+        json!({"batch": [
+            track("ok", "Order Completed", json!({"revenue": 3})),
+            track("bad", "Order Completed", json!({"revenue": "x"})),
+            track("other", "Nope", json!({})),
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let run = |plan: &std::path::Path| {
+        Command::new(weir_bin())
+            .args(["plan", "check"])
+            .arg(plan)
+            .arg("--events")
+            .arg(&events)
+            .output()
+            .unwrap()
+    };
+    let out = run(&plan);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("ok    #0"), "{stdout}");
+    assert!(lines[1].starts_with("WARN  #1"), "{stdout}");
+    assert!(
+        lines[2].contains("Datatype-Mismatch at /properties/revenue"),
+        "{stdout}"
+    );
+    assert!(
+        lines[3].starts_with("DROP  #2") && lines[3].contains("Unplanned-Event"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("1 pass, 1 forwarded with violations, 1 dropped"),
+        "{stdout}"
+    );
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"plan":"x","events":{"track":{"A":{"properties":{"type":"strng"}}}}}"#,
+    )
+    .unwrap();
+    let out = run(&bad);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(r#"events.track["A"].properties.type: unknown type "strng""#),
+        "{stderr}"
+    );
+}
+
 /// Misbehaving plugins: only the bad events reach the DLQ; the router stays up; other events
 /// and other sources are unaffected.
 #[tokio::test(flavor = "multi_thread")]

@@ -3,6 +3,7 @@
 mod admin_client;
 mod dlq;
 mod dump;
+mod plan;
 mod plugin;
 mod serve;
 mod warehouse;
@@ -46,6 +47,11 @@ enum Command {
     Plugin {
         #[command(subcommand)]
         command: plugin::PluginCommand,
+    },
+    /// Check sample events against a tracking plan, without a running router.
+    Plan {
+        #[command(subcommand)]
+        command: plan::PlanCommand,
     },
     /// List and replay dead-lettered events.
     Dlq {
@@ -105,6 +111,7 @@ pub fn main() -> ExitCode {
         } => dump::run(&data_dir, stage),
         Command::CheckConfig { file } => check_config(&file),
         Command::Plugin { command } => plugin::run(command),
+        Command::Plan { command } => plan::run(command),
         Command::Dlq { command } => dlq::run(command),
         Command::Warehouse { command } => warehouse::run(command),
     };

@@ -241,12 +241,7 @@ fn test(
     let bytes: Arc<[u8]> = std::fs::read(&wasm)
         .with_context(|| format!("cannot read {}", wasm.display()))?
         .into();
-    let cache = std::env::var_os("WEIR_PLUGIN_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/weir/plugin-cache"))
-        });
-    let engine = PluginEngine::new(cache)?;
+    let engine = local_engine()?;
     let name = wasm
         .file_stem()
         .map_or_else(|| "plugin".into(), |s| s.to_string_lossy().into_owned());
@@ -283,6 +278,17 @@ fn test(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The plugin engine of a CLI command, with the user's compile cache (`WEIR_PLUGIN_CACHE`, else
+/// `~/.cache/weir/plugin-cache`) so a second run skips compiling.
+pub(super) fn local_engine() -> anyhow::Result<Arc<PluginEngine>> {
+    let cache = std::env::var_os("WEIR_PLUGIN_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/weir/plugin-cache"))
+        });
+    Ok(PluginEngine::new(cache)?)
 }
 
 fn camel(name: &str) -> String {

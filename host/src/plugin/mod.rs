@@ -132,6 +132,10 @@ pub mod bundled {
     pub const NORMALIZE: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/plugins/normalize.wasm"));
 
+    /// The `tracking-plan` filter, embedded for `weir plan check`.
+    pub const TRACKING_PLAN: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/plugins/tracking-plan.wasm"));
+
     /// Path of a bundled component built for this binary (`normalize`, `fanout`, `pii-mask`,
     /// `fault-loop`, ...). Exists only on the machine that built weir: for tests and benches.
     pub fn path(name: &str) -> PathBuf {
