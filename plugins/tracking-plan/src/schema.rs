@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use regex::Regex;
+use weir_plugin::json_eq;
 use weir_plugin::serde_json::{Number, Value, json};
 
 /// A violation kind, named as RudderStack names them in `context.violationErrors`.
@@ -424,28 +425,6 @@ fn child(path: &str, key: &str) -> String {
     let mut p = path.to_owned();
     push_pointer(&mut p, key);
     p
-}
-
-/// JSON equality where `2` and `2.0` are the same number (as in JSON Schema's `enum`).
-fn json_eq(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
-            (Some(x), Some(y)) => x == y,
-            _ => match (x.as_u64(), y.as_u64()) {
-                (Some(x), Some(y)) => x == y,
-                _ => x.as_f64() == y.as_f64(),
-            },
-        },
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_eq(x, y))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(key, x)| y.get(key).is_some_and(|y| json_eq(x, y)))
-        }
-        _ => a == b,
-    }
 }
 
 fn compile_types(value: &Value, at: &str) -> Result<Vec<JsonType>, String> {

@@ -79,7 +79,7 @@ pub use destination::{
     BuildOutput, Destination, EventVerdict, Header, Rejection, Request, Response, Verdict,
     classify_by_status,
 };
-pub use event::{Event, EventError};
+pub use event::{Event, EventError, json_eq};
 pub use host::{Level, count, log, now_ms};
 pub use outcome::Outcome;
 pub use path::PathError;
