@@ -326,6 +326,94 @@ fn plan_check_reports_violations_without_a_router() {
     );
 }
 
+/// A tracking plan changed in its watched file while events flow: the new plan takes effect
+/// between two batches, every event is judged exactly once (kept or dropped with its reason),
+/// and none is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_hot_reloaded_under_load_takes_effect_without_losing_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan_file = dir.path().join("plan.json");
+    let plan = |events: &[&str]| {
+        let track: serde_json::Map<String, Value> = events
+            .iter()
+            .map(|e| ((*e).to_owned(), json!({"properties": {"type": "object"}})))
+            .collect();
+        json!({"plan": "web", "events": {"track": track},
+            "actions": {"default": {"unplanned": "drop"}}})
+        .to_string()
+    };
+    std::fs::write(&plan_file, plan(&["Tick"])).unwrap();
+    let plugins = format!(
+        "[[plugins]]\nname = \"plan\"\npath = \"{}\"\nkind = \"filter\"\nconfig_file = {:?}\n",
+        wasm("tracking-plan"),
+        plan_file.display().to_string(),
+    );
+    let weir = Weir::start_in(dir.path(), &config_with(r#"filters = ["plan"]"#, &plugins));
+    let sent: Arc<Mutex<Vec<String>>> = Arc::default();
+    let url = weir.url("/v1/batch");
+    let sender = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let c = client();
+            for n in 0..100 {
+                // Each batch: a planned event and one the first plan does not know.
+                let batch = vec![
+                    track(&format!("t-{n}"), "Tick", json!({})),
+                    track(&format!("b-{n}"), "Beta Feature Used", json!({})),
+                ];
+                let r = c
+                    .post(&url)
+                    .header("authorization", auth())
+                    .json(&json!({"batch": batch}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                sent.lock().extend([format!("t-{n}"), format!("b-{n}")]);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(&plan_file, plan(&["Tick", "Beta Feature Used"])).unwrap();
+    sender.await.unwrap();
+    let sent = sent.lock().clone();
+    let records = wait_processed(&weir, sent.len());
+    assert_eq!(records.len(), sent.len(), "one record per event");
+    let mut seen = HashSet::new();
+    // In log order, beta events are dropped up to the swap and kept after it, never mixed.
+    let mut beta: Vec<bool> = Vec::new();
+    for r in &records {
+        let id = r["event"]["messageId"].as_str().unwrap().to_owned();
+        assert!(seen.insert(id.clone()), "{id} judged twice");
+        let kept = r["kind"] == "event";
+        if id.starts_with("t-") {
+            assert!(kept, "a planned event is kept: {r}");
+        } else {
+            if !kept {
+                assert_eq!(r["kind"], "dropped");
+                assert!(
+                    r["reason"].as_str().unwrap().contains("Unplanned-Event"),
+                    "{r}"
+                );
+            }
+            beta.push(kept);
+        }
+    }
+    for id in &sent {
+        assert!(seen.contains(id), "{id} lost");
+    }
+    let swap = beta
+        .iter()
+        .position(|k| *k)
+        .expect("the new plan went live");
+    assert!(swap > 0, "the first plan judged the first events");
+    assert!(
+        beta[swap..].iter().all(|k| *k),
+        "after the swap every beta event is kept: {beta:?}"
+    );
+}
+
 /// Misbehaving plugins: only the bad events reach the DLQ; the router stays up; other events
 /// and other sources are unaffected.
 #[tokio::test(flavor = "multi_thread")]
