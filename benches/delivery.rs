@@ -50,6 +50,9 @@
 //! and the CPU each run used on the router's side (the process minus the sinks' threads);
 //! compare the ratios of one run, and repeat a run whose figures look off.
 
+#[path = "common/rng.rs"]
+mod rng;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -1205,26 +1208,7 @@ mod workload {
         pub keys: usize,
     }
 
-    /// splitmix64: the same workload every run, without a dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-
-        fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
-            xs[self.below(xs.len() as u64) as usize]
-        }
-    }
+    use crate::rng::Rng;
 
     const NAMES: &[&str] = &[
         "Product Viewed",

@@ -33,6 +33,9 @@
 //! Timings are wall clock on a shared machine: the run prints the load average before and after;
 //! compare the ratios of one run, and repeat a run whose figures look off.
 
+#[path = "common/rng.rs"]
+mod rng;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -1112,34 +1115,11 @@ mod workload {
         pub payload_bytes: usize,
     }
 
-    /// splitmix64: the same workload every run, without a dependency.
-    struct Rng(u64);
+    use crate::rng::Rng;
 
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-
-        fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
-            xs[self.below(xs.len() as u64) as usize]
-        }
-
-        fn chance(&mut self, percent: u64) -> bool {
-            self.below(100) < percent
-        }
-
-        /// A price-like number that is never whole (so its column is a double from the start).
-        fn money(&mut self, max: u64) -> f64 {
-            self.below(max) as f64 + 0.99
-        }
+    /// A price-like number that is never whole (so its column is a double from the start).
+    fn money(rng: &mut Rng, max: u64) -> f64 {
+        rng.below(max) as f64 + 0.99
     }
 
     const PATHS: &[&str] = &[
@@ -1198,7 +1178,7 @@ mod workload {
                     "category": rng.pick(CATEGORIES),
                     "name": PRODUCTS[product],
                     "brand": rng.pick(BRANDS),
-                    "price": rng.money(90),
+                    "price": money(rng, 90),
                     "currency": "EUR",
                     "position": rng.below(24) as i64,
                 }),
@@ -1210,7 +1190,7 @@ mod workload {
                     "sku": format!("SKU-{}", 1000 + rng.below(9000)),
                     "name": PRODUCTS[product],
                     "variant": rng.pick(&["250 g", "500 g", "1 kg"]),
-                    "price": rng.money(90),
+                    "price": money(rng, 90),
                     "quantity": 1 + rng.below(3) as i64,
                     "cart_id": format!("cart-{:07}", rng.below(1_000_000)),
                     "currency": "EUR",
@@ -1220,10 +1200,10 @@ mod workload {
                 "Order Completed",
                 json!({
                     "order_id": format!("order-{:08}", rng.below(100_000_000)),
-                    "total": rng.money(300),
-                    "revenue": rng.money(250),
+                    "total": money(rng, 300),
+                    "revenue": money(rng, 250),
                     "shipping": 4.99,
-                    "tax": rng.money(40),
+                    "tax": money(rng, 40),
                     "coupon": rng.pick(&["", "SPRING", "WELCOME10"]),
                     "currency": "EUR",
                     "products": [{"sku": "SKU-1042", "quantity": 1}, {"sku": "SKU-2210", "quantity": 2}],

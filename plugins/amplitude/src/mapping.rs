@@ -4,6 +4,7 @@
 //! carries the same objects, with the same `insert_id`, so Amplitude deduplicates it.
 
 use weir_plugin::serde_json::{Map, Value, json};
+use weir_plugin::spec::{id_text, viewed_event_name};
 use weir_plugin::{Event, date};
 
 /// The settings the mapping reads.
@@ -45,8 +46,8 @@ impl Mapping {
                 .filter(|name| !name.trim().is_empty())
                 .ok_or("a track event needs a non-empty `event` (its name)")?
                 .to_owned(),
-            "page" => viewed("Page", event.get_str("name")),
-            "screen" => viewed("Screen", event.get_str("name")),
+            "page" => viewed_event_name("Page", event.get_str("name")),
+            "screen" => viewed_event_name("Screen", event.get_str("name")),
             "identify" | "group" => "$identify".to_owned(),
             "alias" => {
                 return Err("Amplitude's HTTP V2 API has no alias: link user ids with \
@@ -148,24 +149,6 @@ impl Mapping {
             ));
         }
         Ok(Some(id))
-    }
-}
-
-/// `Viewed <name> Page` for a named page (or screen), `Loaded a Page` for an unnamed one: the
-/// names Segment's Amplitude integration uses, so charts survive a move to weir.
-fn viewed(noun: &str, name: Option<&str>) -> String {
-    match name.map(str::trim).filter(|name| !name.is_empty()) {
-        Some(name) => format!("Viewed {name} {noun}"),
-        None => format!("Loaded a {noun}"),
-    }
-}
-
-/// A non-empty string, or a number written out (some SDKs send numeric user ids).
-fn id_text(value: Option<&Value>) -> Option<String> {
-    match value? {
-        Value::String(text) if !text.is_empty() => Some(text.clone()),
-        Value::Number(number) => Some(number.to_string()),
-        _ => None,
     }
 }
 

@@ -6,6 +6,7 @@
 
 use sha2::{Digest, Sha256};
 use weir_plugin::serde_json::{Map, Value};
+use weir_plugin::spec::{id_text, viewed_event_name};
 use weir_plugin::{Event, date};
 
 /// A Mixpanel record, by the endpoint that takes it.
@@ -67,8 +68,8 @@ impl Mapping {
                 .filter(|name| !name.trim().is_empty())
                 .ok_or("a track event needs a non-empty `event` (its name)")?
                 .to_owned(),
-            "page" => viewed("Page", event.get_str("name")),
-            "screen" => viewed("Screen", event.get_str("name")),
+            "page" => viewed_event_name("Page", event.get_str("name")),
+            "screen" => viewed_event_name("Screen", event.get_str("name")),
             "identify" => return self.profile_set(event),
             "group" => {
                 return Err(
@@ -201,22 +202,4 @@ pub fn insert_id(message_id: &str) -> String {
         .iter()
         .map(|byte| format!("{byte:02x}"))
         .collect()
-}
-
-/// `Viewed <name> Page` for a named page (or screen), `Loaded a Page` for an unnamed one: the
-/// names Segment's Mixpanel integration uses, so reports survive a move to weir.
-fn viewed(noun: &str, name: Option<&str>) -> String {
-    match name.map(str::trim).filter(|name| !name.is_empty()) {
-        Some(name) => format!("Viewed {name} {noun}"),
-        None => format!("Loaded a {noun}"),
-    }
-}
-
-/// A non-empty string, or a number written out (some SDKs send numeric user ids).
-fn id_text(value: Option<&Value>) -> Option<String> {
-    match value? {
-        Value::String(text) if !text.is_empty() => Some(text.clone()),
-        Value::Number(number) => Some(number.to_string()),
-        _ => None,
-    }
 }

@@ -69,6 +69,7 @@ mod outcome;
 mod path;
 mod plugin;
 pub mod raw;
+pub mod spec;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
