@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 use serde_json::{Value, json};
-use weir::event::check_object;
+use weir::event::check_kept;
 use weir::plugin::bindings::types::{Event, Outcome};
 use weir::plugin::{LoadedVersion, PluginEngine, PluginKind, PluginLimits, bundled};
 use weir::telemetry::Metrics;
@@ -177,9 +177,9 @@ fn run() -> anyhow::Result<()> {
     let wasm_pass = || -> anyhow::Result<Duration> {
         let started = Instant::now();
         for batch in pool.chunks(BATCH) {
-            for o in version.run(batch)? {
+            for (input, o) in batch.iter().zip(version.run(batch)?) {
                 if let Outcome::Keep(p) = o {
-                    check_object(&p).map_err(anyhow::Error::msg)?;
+                    check_kept(&input.payload, &p).map_err(anyhow::Error::msg)?;
                 }
             }
         }

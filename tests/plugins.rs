@@ -311,6 +311,27 @@ fn plan_check_reports_violations_without_a_router() {
         "{stdout}"
     );
 
+    // The same plan in YAML says the same.
+    let yaml = dir.path().join("plan.yaml");
+    std::fs::write(
+        &yaml,
+        "plan: web-v1\n\
+         actions:\n  default: {unplanned: drop, violation: forward}\n\
+         events:\n  track:\n    Order Completed:\n      properties:\n        type: object\n\
+         \x20       required: [revenue]\n        properties:\n          revenue: {type: number}\n",
+    )
+    .unwrap();
+    let out = run(&yaml);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), stdout);
+    std::fs::write(&yaml, "plan: web-v1\nevents: [oops\n").unwrap();
+    let out = run(&yaml);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("plan.yaml is not valid YAML"),
+        "{stderr}"
+    );
+
     let bad = dir.path().join("bad.json");
     std::fs::write(
         &bad,
@@ -326,21 +347,19 @@ fn plan_check_reports_violations_without_a_router() {
     );
 }
 
-/// A tracking plan changed in its watched file while events flow: the new plan takes effect
-/// between two batches, every event is judged exactly once (kept or dropped with its reason),
-/// and none is lost.
+/// A tracking plan changed in its watched (YAML) file while events flow: the new plan takes
+/// effect between two batches, every event is judged exactly once (kept or dropped with its
+/// reason), and none is lost.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plan_hot_reloaded_under_load_takes_effect_without_losing_events() {
     let dir = tempfile::tempdir().unwrap();
-    let plan_file = dir.path().join("plan.json");
+    let plan_file = dir.path().join("plan.yaml");
     let plan = |events: &[&str]| {
-        let track: serde_json::Map<String, Value> = events
+        let track: String = events
             .iter()
-            .map(|e| ((*e).to_owned(), json!({"properties": {"type": "object"}})))
+            .map(|e| format!("    {e}:\n      properties: {{type: object}}\n"))
             .collect();
-        json!({"plan": "web", "events": {"track": track},
-            "actions": {"default": {"unplanned": "drop"}}})
-        .to_string()
+        format!("plan: web\nevents:\n  track:\n{track}actions:\n  default: {{unplanned: drop}}\n")
     };
     std::fs::write(&plan_file, plan(&["Tick"])).unwrap();
     let plugins = format!(

@@ -545,3 +545,88 @@ async fn a_warehouse_filter_chain_applies_to_it_alone() {
     assert_eq!(entries[0]["entry"]["stage"], "warehouse:wh");
     assert_eq!(entries[0]["entry"]["event"]["messageId"], "bad");
 }
+
+/// Consent per warehouse: the bundled `consent` filter in the PostgreSQL warehouse's `filters`
+/// keeps events whose consent denies "Advertising" out of its tables, while a warehouse without
+/// the filter (DuckDB) loads every event. Consent drops are counted, not dead-lettered.
+#[tokio::test(flavor = "multi_thread")]
+async fn consent_keeps_denied_events_out_of_one_warehouse() {
+    let (url, pg) = fresh_database("consent").await;
+    let warehouses = format!(
+        "[[warehouses]]\nname = \"ads\"\nengine = \"postgres\"\nurl = \"{url}\"\nsources = [\"web\"]\nflush_interval_ms = 100\nfilters = [\"consent\"]\n\n\
+         [[warehouses]]\nname = \"all\"\nengine = \"duckdb\"\nsources = [\"web\"]\nflush_interval_ms = 100\n\n\
+         [[plugins]]\nname = \"consent\"\npath = \"{}\"\nkind = \"filter\"\nconfig = {{ categories = [\"Advertising\"] }}\n",
+        weir::plugin::bundled::path("consent").display()
+    );
+    let weir = Weir::start(&config(&warehouses, ""));
+    let with = |id: &str, context: Value| {
+        json!({"type": "track", "event": "Ad Clicked", "userId": id, "messageId": id,
+            "context": context})
+    };
+    send(
+        &weir,
+        vec![
+            with(
+                "segment-denied",
+                json!({"consent": {"categoryPreferences": {"Advertising": false, "Analytics": true}}}),
+            ),
+            with(
+                "rudder-denied",
+                json!({"consentManagement": {"deniedConsentIds": ["Advertising"]}}),
+            ),
+            with(
+                "granted",
+                json!({"consent": {"categoryPreferences": {"Advertising": true}}}),
+            ),
+            with("no-consent-info", json!({})),
+        ],
+    )
+    .await;
+    let file = weir.data_dir().join("all.duckdb");
+    let everything = eventually(Duration::from_secs(30), || {
+        let conn = duckdb::Connection::open(&file).ok()?;
+        let ids: Vec<String> = conn
+            .prepare("SELECT id FROM web.tracks ORDER BY id")
+            .ok()?
+            .query_map([], |r| r.get(0))
+            .ok()?
+            .filter_map(Result::ok)
+            .collect();
+        (ids.len() == 4).then_some(ids)
+    })
+    .unwrap_or_else(|| panic!("{}", weir.log_text()));
+    assert_eq!(
+        everything,
+        [
+            "granted",
+            "no-consent-info",
+            "rudder-denied",
+            "segment-denied"
+        ]
+    );
+    wait_pg(&pg, "SELECT count(*) FROM web.tracks", 2).await;
+    // A moment more, so a denied event loaded late would show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids: Vec<String> = pg_rows(&pg, "SELECT id FROM web.ad_clicked ORDER BY id")
+        .await
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, ["granted", "no-consent-info"]);
+    let tracks = pg_rows(&pg, "SELECT count(*) FROM web.tracks").await;
+    assert_eq!(tracks[0].get::<_, i64>(0), 2);
+    let metrics = support::metrics(&weir).await;
+    assert!(
+        metrics.contains("consent_dropped") && metrics.contains(r#"category="Advertising""#),
+        "{metrics}"
+    );
+    let out = std::process::Command::new(support::weir_bin())
+        .args(["dlq", "list", "--data-dir"])
+        .arg(weir.data_dir())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "a consent drop is not a failure"
+    );
+}

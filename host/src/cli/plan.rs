@@ -10,7 +10,7 @@ use clap::Subcommand;
 use serde_json::Value;
 
 use crate::plugin::bindings::types::{Event, Outcome};
-use crate::plugin::{LoadedVersion, PluginError, PluginKind, PluginLimits, bundled};
+use crate::plugin::{LoadedVersion, PluginError, PluginKind, PluginLimits, bundled, config_file};
 use crate::telemetry::Metrics;
 
 #[derive(Subcommand)]
@@ -19,8 +19,8 @@ pub enum PlanCommand {
     /// forward with `context.violationErrors`, or drop with the reason. Exit code 0 when no event
     /// has a violation, 1 when some do, 2 when the plan itself is invalid.
     Check {
-        /// The plan: the tracking-plan plugin's config as JSON (`plan`, `events`, `actions`;
-        /// see plugins/tracking-plan/README.md).
+        /// The plan: the tracking-plan plugin's config (`plan`, `events`, `actions`; see
+        /// plugins/tracking-plan/README.md), JSON or, for a `.yaml` / `.yml` file, YAML.
         plan: PathBuf,
         /// Sample events: a JSON array, a `{"batch": [...]}` body, or one JSON object per line.
         #[arg(long)]
@@ -37,14 +37,8 @@ pub fn run(command: PlanCommand) -> anyhow::Result<ExitCode> {
         events,
         plugin,
     } = command;
-    let config = std::fs::read_to_string(&plan)
-        .with_context(|| format!("cannot read the plan {}", plan.display()))?;
-    let config: Value = serde_json::from_str(&config).with_context(|| {
-        format!(
-            "{} is not JSON; a plan is the tracking-plan plugin's config as JSON",
-            plan.display()
-        )
-    })?;
+    let config = config_file::read(&plan)
+        .context("a plan is the tracking-plan plugin's config, in JSON or (.yaml / .yml) YAML")?;
     let bytes: Arc<[u8]> = match &plugin {
         Some(p) => std::fs::read(p)
             .with_context(|| format!("cannot read {}", p.display()))?

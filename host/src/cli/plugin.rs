@@ -11,7 +11,7 @@ use clap::{Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 use super::admin_client::{self, AdminArgs};
-use crate::plugin::{PluginEngine, PluginLimits, fixtures};
+use crate::plugin::{PluginEngine, PluginLimits, config_file, fixtures};
 use crate::telemetry::Metrics;
 
 #[derive(Subcommand)]
@@ -45,7 +45,7 @@ pub enum PluginCommand {
         /// Directory of fixture files (*.json).
         #[arg(long)]
         fixtures: Option<PathBuf>,
-        /// Config (JSON file) for fixtures that have no `config` of their own.
+        /// Config (JSON, or YAML for .yaml / .yml) for fixtures that have no `config` of their own.
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -57,7 +57,7 @@ pub enum PluginCommand {
         /// The component (.wasm).
         #[arg(long)]
         wasm: Option<PathBuf>,
-        /// The config, a JSON file.
+        /// The config, a JSON file (or YAML for .yaml / .yml).
         #[arg(long)]
         config: Option<PathBuf>,
         #[command(flatten)]
@@ -122,7 +122,7 @@ pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
                 );
             }
             if let Some(c) = config {
-                body.insert("config".into(), read_json(&c)?);
+                body.insert("config".into(), read_config(&c)?);
             }
             if body.is_empty() {
                 bail!("nothing to deploy: give --wasm, --config or both");
@@ -149,10 +149,9 @@ fn kind_name(kind: Kind) -> &'static str {
     }
 }
 
-fn read_json(path: &Path) -> anyhow::Result<Value> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+/// A plugin config file, JSON or YAML (see [`config_file`]).
+fn read_config(path: &Path) -> anyhow::Result<Value> {
+    Ok(config_file::read(path)?)
 }
 
 /// The SDK this binary was built from.
@@ -235,7 +234,7 @@ fn test(
         (plugin.to_owned(), f)
     };
     let config = match config {
-        Some(c) => read_json(&c)?.to_string(),
+        Some(c) => read_config(&c)?.to_string(),
         None => "{}".to_owned(),
     };
     let bytes: Arc<[u8]> = std::fs::read(&wasm)

@@ -31,7 +31,7 @@ use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::dlq::{DeadLetter, Dlq};
-use crate::event::check_object;
+use crate::event::check_kept;
 use crate::ids::{ConsumerId, Offset, SourceId};
 use crate::log::{OffsetStore, RecordKind, Shared};
 use crate::plugin::bindings::types::{Event, EventVerdict, Outcome, Request, Verdict};
@@ -820,14 +820,16 @@ fn run_chain(
         let mut failed = 0;
         for (mut item, result) in items.into_iter().zip(results) {
             let error = match result {
-                EventResult::Outcome(Outcome::Keep(payload)) => match check_object(&payload) {
-                    Ok(()) => {
-                        item.payload = payload;
-                        next.push(item);
-                        continue;
+                EventResult::Outcome(Outcome::Keep(payload)) => {
+                    match check_kept(&item.payload, &payload) {
+                        Ok(()) => {
+                            item.payload = payload;
+                            next.push(item);
+                            continue;
+                        }
+                        Err(e) => format!("{}: keep: {e}", version.plugin),
                     }
-                    Err(e) => format!("{}: keep: {e}", version.plugin),
-                },
+                }
                 EventResult::Outcome(Outcome::Drop(reason)) => {
                     dropped += 1;
                     tracing::debug!(destination, plugin = %version.plugin, log_offset = item.log_offset, %reason, "dropped by the destination's chain");

@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::dlq::{DeadLetter, Dlq};
-use crate::event::{Header, RawObject, check_object, json_string};
+use crate::event::{Header, RawObject, check_kept, json_string};
 use crate::ids::{ConsumerId, Offset, SourceId};
 use crate::log::{
     Appender, EncodedRecord, Log, LogError, LogReader, OffsetStore, Record, RecordKind, record,
@@ -304,7 +304,7 @@ impl Pipeline {
                         .outcomes
                         .get_or_create(&outcome_label("keep"))
                         .inc();
-                    match check_object(&payload) {
+                    match check_kept(&item.payload, &payload) {
                         Ok(()) => next.push(Item {
                             raw: item.raw,
                             payload,

@@ -12,6 +12,7 @@
 //! workers.
 
 pub mod bindings;
+pub mod config_file;
 pub mod engine;
 pub mod fixtures;
 pub mod host;

@@ -23,6 +23,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use super::config_file::{self, ConfigFileError};
 use super::engine::content_hash;
 use super::fixtures;
 use super::{LoadedVersion, PluginEngine, PluginError, PluginKind, PluginLimits};
@@ -150,20 +151,20 @@ fn read_files(spec: &PluginSpec) -> Result<(Arc<[u8]>, String), PluginError> {
         source: e,
     })?;
     let config = match &spec.config_file {
-        Some(path) if path.exists() => {
-            let text = std::fs::read_to_string(path).map_err(|e| PluginError::Io {
-                what: format!(
-                    "cannot read plugin `{}` config {}",
-                    spec.name,
-                    path.display()
-                ),
-                source: e,
-            })?;
-            let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                PluginError::Init(format!("{} is not valid JSON: {e}", path.display()))
-            })?;
-            value.to_string()
-        }
+        Some(path) if path.exists() => match config_file::read(path) {
+            Ok(value) => value.to_string(),
+            Err(ConfigFileError::Read { source, .. }) => {
+                return Err(PluginError::Io {
+                    what: format!(
+                        "cannot read plugin `{}` config {}",
+                        spec.name,
+                        path.display()
+                    ),
+                    source,
+                });
+            }
+            Err(e @ ConfigFileError::Parse { .. }) => return Err(PluginError::Init(e.to_string())),
+        },
         _ => spec.config.to_string(),
     };
     Ok((Arc::from(bytes), config))

@@ -24,7 +24,7 @@ use loader::{Loader, WarehouseError};
 use schema::{Caps, Catalog, Mapper, SchemaLoad};
 
 use crate::dlq::{DeadLetter, Dlq};
-use crate::event::check_object;
+use crate::event::check_kept;
 use crate::ids::{ConsumerId, Offset, SourceId};
 use crate::log::{OffsetStore, Record, RecordKind, Shared};
 use crate::plugin::bindings::types::{Event, Outcome};
@@ -304,11 +304,11 @@ impl WarehouseLoader {
                     })
                     .inc();
             };
-            for ((r, _), result) in items.into_iter().zip(results) {
+            for ((r, input), result) in items.into_iter().zip(results) {
                 let error = match result {
                     EventResult::Outcome(Outcome::Keep(payload)) => {
                         count("keep");
-                        match check_object(&payload) {
+                        match check_kept(&input, &payload) {
                             Ok(()) => {
                                 next.push((r, payload));
                                 continue;

@@ -18,8 +18,11 @@ pub enum EventError {
 /// One event: the JSON object of a Segment/RudderStack-spec message plus the name of the source
 /// it arrived on and its position in the log.
 ///
-/// The object is a [`serde_json::Map`] that keeps key order, so an event a plugin did not touch
-/// serializes as it arrived. Read and write nested fields with dotted paths:
+/// The object is a [`serde_json::Map`] that keeps key order, so an event a plugin changed
+/// serializes with its keys where they were. An event built by the SDK from the host's bytes
+/// remembers them until something could change it (any `&mut` access): a plugin that keeps it
+/// untouched hands back the very bytes it got, without writing the JSON again. Read and write
+/// nested fields with dotted paths:
 ///
 /// ```
 /// # use weir_plugin::Event;
@@ -35,11 +38,23 @@ pub enum EventError {
 /// event.remove("context.traits.email");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Event {
     fields: Map<String, Value>,
     source: String,
     offset: u64,
+    /// The payload `fields` was parsed from, while nothing could have changed them: what
+    /// [`into_json`](Self::into_json) returns instead of serializing `fields` again (the larger
+    /// half of a filter's per-event cost when it keeps the event as it is).
+    original: Option<Vec<u8>>,
+}
+
+/// Two events are equal when their fields, source and offset are; whether one still holds the
+/// bytes it was parsed from does not matter.
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        self.fields == other.fields && self.source == other.source && self.offset == other.offset
+    }
 }
 
 impl Event {
@@ -50,6 +65,7 @@ impl Event {
             fields,
             source: String::new(),
             offset: 0,
+            original: None,
         }
     }
 
@@ -66,6 +82,14 @@ impl Event {
         Self::from_value(serde_json::from_slice(payload)?)
     }
 
+    /// Like [`from_json`](Self::from_json), keeping `payload` so that an event nobody changes
+    /// goes back as these bytes.
+    pub fn from_payload(payload: Vec<u8>) -> Result<Self, EventError> {
+        let mut event = Self::from_json(&payload)?;
+        event.original = Some(payload);
+        Ok(event)
+    }
+
     /// The same event, attributed to `source` at log position `offset`.
     pub fn with_origin(mut self, source: impl Into<String>, offset: u64) -> Self {
         self.source = source.into();
@@ -80,14 +104,29 @@ impl Event {
             fields,
             source: self.source.clone(),
             offset: self.offset,
+            original: None,
         }
     }
 
     /// The event as UTF-8 JSON, in the form the host expects back.
     pub fn to_json(&self) -> Vec<u8> {
+        if let Some(original) = &self.original {
+            return original.clone();
+        }
+        Self::serialize(&self.fields)
+    }
+
+    /// [`to_json`](Self::to_json), consuming the event: an unchanged event's bytes are moved
+    /// out, not copied.
+    pub fn into_json(self) -> Vec<u8> {
+        self.original
+            .unwrap_or_else(|| Self::serialize(&self.fields))
+    }
+
+    fn serialize(fields: &Map<String, Value>) -> Vec<u8> {
         // Writing a `Map<String, Value>` into a `Vec` has no failure case: keys are strings,
         // numbers are finite by construction and a `Vec` never returns an I/O error.
-        serde_json::to_vec(&self.fields).unwrap_or_else(|_| b"{}".to_vec())
+        serde_json::to_vec(fields).unwrap_or_else(|_| b"{}".to_vec())
     }
 
     /// Name of the source (from weir.toml) the event arrived on.
@@ -108,6 +147,12 @@ impl Event {
 
     /// The whole JSON object, to change it freely.
     pub fn fields_mut(&mut self) -> &mut Map<String, Value> {
+        self.touch()
+    }
+
+    /// The fields, for a change: the original bytes no longer describe the event.
+    fn touch(&mut self) -> &mut Map<String, Value> {
+        self.original = None;
         &mut self.fields
     }
 
@@ -141,7 +186,7 @@ impl Event {
     pub fn set_event_name(&mut self, name: impl Into<String>) -> bool {
         match self.name_key() {
             Some(key) => {
-                self.fields
+                self.touch()
                     .insert(key.to_owned(), Value::String(name.into()));
                 true
             }
@@ -178,19 +223,19 @@ impl Event {
 
     /// The value at a dotted path, to change it in place.
     pub fn get_mut(&mut self, path: &str) -> Option<&mut Value> {
-        path::get_mut(&mut self.fields, path)
+        path::get_mut(self.touch(), path)
     }
 
     /// Writes `value` at a dotted path, creating missing objects on the way (a `null` on the
     /// way counts as missing), and returns the value it replaced. Fails, changing nothing, when
     /// a string, number or boolean is in the way or an array index does not exist.
     pub fn set(&mut self, path: &str, value: impl Into<Value>) -> Result<Option<Value>, PathError> {
-        path::set(&mut self.fields, path, value.into())
+        path::set(self.touch(), path, value.into())
     }
 
     /// Removes and returns the value at a dotted path. The keys after it keep their order.
     pub fn remove(&mut self, path: &str) -> Option<Value> {
-        path::remove(&mut self.fields, path)
+        path::remove(self.touch(), path)
     }
 }
 
@@ -256,6 +301,34 @@ mod tests {
         assert!(matches!(Event::from_json(b"{"), Err(EventError::Json(_))));
         let parsed = Event::from_json(br#"{"b":1,"a":2}"#).unwrap();
         assert_eq!(parsed.to_json(), br#"{"b":1,"a":2}"#);
+    }
+
+    #[test]
+    fn an_untouched_event_goes_back_as_its_bytes_a_changed_one_is_written_again() {
+        let payload = br#"{ "type": "track",  "event": "A" }"#.to_vec();
+        let kept = Event::from_payload(payload.clone()).unwrap();
+        assert_eq!(kept.get_str("event"), Some("A"));
+        assert_eq!(kept.clone().into_json(), payload);
+
+        let mut renamed = kept.clone();
+        assert!(renamed.set_event_name("B"));
+        assert_eq!(renamed.into_json(), br#"{"type":"track","event":"B"}"#);
+        let mut set = kept.clone();
+        set.set("properties.x", 1).unwrap();
+        assert_eq!(
+            set.to_json(),
+            br#"{"type":"track","event":"A","properties":{"x":1}}"#
+        );
+        let mut removed = kept.clone();
+        removed.remove("event");
+        assert_eq!(removed.into_json(), br#"{"type":"track"}"#);
+        // Any mutable access counts as a change, whether or not it wrote anything.
+        let mut borrowed = kept.clone();
+        let _ = borrowed.get_mut("event");
+        assert_eq!(borrowed.into_json(), br#"{"type":"track","event":"A"}"#);
+        let mut fields = kept;
+        fields.fields_mut();
+        assert_eq!(fields.to_json(), br#"{"type":"track","event":"A"}"#);
     }
 
     #[test]

@@ -35,15 +35,23 @@ impl RawEvent {
     pub fn parse(&self) -> Result<Event, crate::EventError> {
         Ok(Event::from_json(&self.payload)?.with_origin(self.source.clone(), self.offset))
     }
+
+    /// [`parse`](Self::parse), keeping the payload in the event: if the plugin does not change
+    /// it, it goes back to the host as these bytes (see [`Event::into_json`]).
+    pub fn into_event(self) -> Result<Event, crate::EventError> {
+        Ok(Event::from_payload(self.payload)?.with_origin(self.source, self.offset))
+    }
 }
 
 impl From<Outcome> for RawOutcome {
     fn from(outcome: Outcome) -> Self {
         match outcome {
-            Outcome::Keep(event) => Self::Keep(event.to_json()),
+            Outcome::Keep(event) => Self::Keep(event.into_json()),
             Outcome::Drop(reason) => Self::Drop(reason),
             Outcome::Fail(error) => Self::Fail(error),
-            Outcome::Expand(events) => Self::Expand(events.iter().map(Event::to_json).collect()),
+            Outcome::Expand(events) => {
+                Self::Expand(events.into_iter().map(Event::into_json).collect())
+            }
         }
     }
 }
@@ -63,8 +71,8 @@ pub fn run_batch(
     let total = batch.len();
     let mut parse_errors: Vec<Option<String>> = Vec::with_capacity(total);
     let mut events = Vec::with_capacity(total);
-    for raw in &batch {
-        match raw.parse() {
+    for raw in batch {
+        match raw.into_event() {
             Ok(event) => {
                 events.push(event);
                 parse_errors.push(None);
@@ -72,7 +80,6 @@ pub fn run_batch(
             Err(error) => parse_errors.push(Some(error.to_string())),
         }
     }
-    drop(batch);
     let given = events.len();
     let outcomes = process(events);
     if outcomes.len() != given {
