@@ -653,6 +653,7 @@ fn log_options() -> LogOptions {
         flush_bytes: 8 << 20,
         max_bytes: 16 << 30,
         queue_capacity: 4096,
+        preallocate_bytes: 0,
     }
 }
 
@@ -1313,6 +1314,7 @@ mod workload {
                 flush_bytes: 8 << 20,
                 max_bytes: u64::MAX,
                 queue_capacity: 1024,
+                preallocate_bytes: 0,
             };
             let log = Log::open(dir, Arc::new(FsStorage), &options, LogMetrics::detached())
                 .with_context(|| format!("cannot open a log in {}", dir.display()))?;

@@ -1372,6 +1372,7 @@ mod workload {
                 flush_bytes: 8 << 20,
                 max_bytes: u64::MAX,
                 queue_capacity: 1024,
+                preallocate_bytes: 0,
             };
             let log = Log::open(dir, Arc::new(FsStorage), &options, LogMetrics::detached())
                 .with_context(|| format!("cannot open a log in {}", dir.display()))?;

@@ -124,10 +124,16 @@ fn open(
 ) -> Result<Opened, AppError> {
     let layout = Layout::new(&config.data_dir);
     let options = LogOptions::from(&config.log);
+    // Only the raw log's fsyncs hold up acks: it writes zeros ahead of its appends so they
+    // do not change its size (ARCHITECTURE *Durable log*).
+    let raw_options = LogOptions {
+        preallocate_bytes: crate::log::PREALLOCATE_BYTES,
+        ..options.clone()
+    };
     let raw_log = Log::open(
         &layout.raw_log,
         storage.clone(),
-        &options,
+        &raw_options,
         metrics.log("raw"),
     )?;
     let processed_log = Log::open(

@@ -14,7 +14,8 @@
 
 pub mod journal;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque, hash_map};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -30,14 +31,25 @@ pub fn key_of(message_id: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(message_id.as_bytes()).max(1)
 }
 
+/// Where the outcome of a pending id's append is published: `Some(true)` once durable.
+type Outcome = Arc<watch::Sender<Option<bool>>>;
+
 enum Entry {
-    Pending(watch::Receiver<Option<bool>>),
-    Durable { at_ms: i64 },
+    /// Shares the reserving request's [`Ticket`]: a clone of an `Arc` per id, and a receiver
+    /// only for a duplicate that waits.
+    Pending(Outcome),
+    Durable {
+        at_ms: i64,
+    },
 }
+
+/// Keys are already uniform (xxh3 of the id); a fast hasher, seeded per process so that crafted
+/// ids cannot aim at one bucket, is all the map needs.
+type KeyMap = HashMap<u128, Entry, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<u128, Entry>,
+    map: KeyMap,
     /// Durable ids in the order they became durable, for eviction by age and count.
     order: VecDeque<(i64, u128)>,
 }
@@ -49,10 +61,11 @@ impl Shard {
                 break;
             }
             self.order.pop_front();
-            if let Some(Entry::Durable { at_ms }) = self.map.get(&key)
-                && *at_ms == at
+            // One lookup per evicted id: the map is large and each lookup a likely cache miss.
+            if let hash_map::Entry::Occupied(e) = self.map.entry(key)
+                && matches!(e.get(), Entry::Durable { at_ms } if *at_ms == at)
             {
-                self.map.remove(&key);
+                e.remove();
             }
         }
     }
@@ -76,13 +89,13 @@ pub enum Seen {
 /// One request's claim on the ids it reserves. Completing it resolves every duplicate waiting on
 /// those ids.
 pub struct Ticket {
-    tx: watch::Sender<Option<bool>>,
+    tx: Outcome,
 }
 
 impl Default for Ticket {
     fn default() -> Self {
         Ticket {
-            tx: watch::channel(None).0,
+            tx: Arc::new(watch::Sender::new(None)),
         }
     }
 }
@@ -114,11 +127,18 @@ impl DedupeIndex {
     /// Looks `key` up and, when it is new, reserves it for `ticket`.
     pub fn check(&self, key: u128, now_ms: i64, ticket: &Ticket) -> Seen {
         let mut shard = self.shard(key).lock();
-        match shard.map.get(&key) {
-            Some(Entry::Durable { at_ms }) if *at_ms >= now_ms - self.window_ms => Seen::Durable,
-            Some(Entry::Pending(rx)) => Seen::Pending(rx.clone()),
-            _ => {
-                shard.map.insert(key, Entry::Pending(ticket.tx.subscribe()));
+        match shard.map.entry(key) {
+            hash_map::Entry::Occupied(e) => match e.get() {
+                Entry::Durable { at_ms } if *at_ms >= now_ms - self.window_ms => Seen::Durable,
+                Entry::Pending(tx) => Seen::Pending(tx.subscribe()),
+                Entry::Durable { .. } => {
+                    // Expired but not evicted yet: a new event with an old id.
+                    *e.into_mut() = Entry::Pending(ticket.tx.clone());
+                    Seen::New
+                }
+            },
+            hash_map::Entry::Vacant(e) => {
+                e.insert(Entry::Pending(ticket.tx.clone()));
                 Seen::New
             }
         }
@@ -127,20 +147,21 @@ impl DedupeIndex {
     /// Settles the ids `ticket` reserved: durable (kept for the window) or failed (forgotten, so
     /// a retry is accepted). Then wakes every duplicate waiting on them.
     pub fn complete(&self, keys: &[u128], ticket: Ticket, durable: bool, now_ms: i64) {
-        let mine = ticket.tx.subscribe();
         for &key in keys {
             let mut shard = self.shard(key).lock();
-            let ours =
-                matches!(shard.map.get(&key), Some(Entry::Pending(rx)) if rx.same_channel(&mine));
-            if !ours {
+            let hash_map::Entry::Occupied(mut e) = shard.map.entry(key) else {
+                continue;
+            };
+            if !matches!(e.get(), Entry::Pending(tx) if Arc::ptr_eq(tx, &ticket.tx)) {
                 continue;
             }
             if durable {
-                shard.insert_durable(key, now_ms);
+                e.insert(Entry::Durable { at_ms: now_ms });
+                shard.order.push_back((now_ms, key));
                 let max = self.max_per_shard;
                 shard.evict(now_ms, self.window_ms, max);
             } else {
-                shard.map.remove(&key);
+                e.remove();
             }
         }
         ticket.tx.send_replace(Some(durable));

@@ -384,6 +384,7 @@ mod tests {
             flush_bytes: 1 << 20,
             max_bytes: 1 << 40,
             queue_capacity: 64,
+            preallocate_bytes: 0,
         };
         Dlq::open(
             dir,

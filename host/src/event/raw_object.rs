@@ -102,6 +102,18 @@ impl<'a> RawObject<'a> {
             .map(|(_, v)| v.json())
     }
 
+    /// The raw JSON of field `name` as it was parsed, borrowed from the parsed text (`None` if
+    /// absent, or set since).
+    pub fn get_parsed(&self, name: &str) -> Option<&'a str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| match v {
+                Value::Raw(r) => Some(r.get()),
+                Value::Owned(_) => None,
+            })
+    }
+
     /// Field `name` if it is a JSON string; `Err` if present but not a string.
     pub fn get_str(&self, name: &str) -> Result<Option<Cow<'_, str>>, NotAString> {
         match self.get(name) {

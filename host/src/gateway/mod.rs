@@ -245,34 +245,13 @@ impl Gateway {
         let text = std::str::from_utf8(&body).map_err(|e| {
             ApiError::bad_request("invalid_json", format!("the body is not UTF-8 text: {e}"))
         })?;
-        let top = RawObject::parse(text).map_err(|e| {
-            if serde_json::from_str::<&RawValue>(text).is_ok() {
-                ApiError::bad_request("invalid_json", "the body must be a JSON object")
-            } else {
-                ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
-            }
-        })?;
-        let body_key = top.get_str("writeKey").ok().flatten();
-        let source = self.source_for(header_key.as_deref().or(body_key.as_deref()))?;
-
-        let events: Vec<&str> = match route {
-            Route::Batch | Route::Import => {
-                let raw = top.get("batch").ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_batch",
-                        "batch: missing; the body must be {\"batch\": [events...]}",
-                    )
-                })?;
-                serde_json::from_str::<Vec<&RawValue>>(raw)
-                    .map_err(|_| {
-                        ApiError::bad_request("invalid_batch", "batch: must be an array of events")
-                    })?
-                    .into_iter()
-                    .map(RawValue::get)
-                    .collect()
-            }
-            _ => vec![text],
+        let fields = match route {
+            Route::Batch | Route::Import => Envelope::batch(text)?,
+            _ => Envelope::single(text)?,
         };
+        let body_key = fields.write_key();
+        let source = self.source_for(header_key.as_deref().or(body_key.as_deref()))?;
+        let events = fields.events;
         if events.len() > self.limits.max_batch_events {
             return Err(ApiError::too_large(format!(
                 "the batch has {} events, over the limit of {} per request; send smaller batches",
@@ -319,10 +298,7 @@ impl Gateway {
             source: &source.id,
             received_at,
             received_at_json: json_string(&timestamp::format(received_at)),
-            batch_sent_at: top
-                .get("sentAt")
-                .filter(|s| *s != "null")
-                .map(str::to_owned),
+            batch_sent_at: fields.sent_at.filter(|s| *s != "null").map(str::to_owned),
             peer_ip_json: json_string(&peer.ip().to_string()),
             import: route == Route::Import,
             max_event_bytes: self.limits.max_event_bytes,
@@ -437,6 +413,95 @@ impl Gateway {
         }
         Ok(json_ok(SUCCESS))
     }
+}
+
+/// What the gateway needs from a request body: its events (raw JSON) and the top-level
+/// `writeKey` and `sentAt`.
+struct Envelope<'a> {
+    events: Vec<&'a str>,
+    write_key: Option<&'a str>,
+    sent_at: Option<&'a str>,
+}
+
+/// `{"batch": [...], "writeKey": ..., "sentAt": ...}` read in one pass: each event's JSON is
+/// checked once here and parsed once by `normalize`. Other fields are skipped.
+#[derive(serde::Deserialize)]
+struct BatchEnvelope<'a> {
+    #[serde(borrow)]
+    batch: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, rename = "writeKey")]
+    write_key: Option<&'a RawValue>,
+    #[serde(borrow, rename = "sentAt")]
+    sent_at: Option<&'a RawValue>,
+}
+
+impl<'a> Envelope<'a> {
+    fn batch(text: &'a str) -> Result<Envelope<'a>, ApiError> {
+        let fields = match serde_json::from_str::<BatchEnvelope<'a>>(text) {
+            Ok(f) => f,
+            // Not a plain batch body (not an object, `batch` not an array, a field twice...):
+            // the field-by-field reading says exactly what is wrong.
+            Err(_) => return Self::batch_slowly(text),
+        };
+        let Some(batch) = fields.batch else {
+            return Self::batch_slowly(text);
+        };
+        Ok(Envelope {
+            events: batch.into_iter().map(RawValue::get).collect(),
+            write_key: fields.write_key.map(RawValue::get),
+            sent_at: fields.sent_at.map(RawValue::get),
+        })
+    }
+
+    fn batch_slowly(text: &'a str) -> Result<Envelope<'a>, ApiError> {
+        let top = parse_top(text)?;
+        let raw = top.get_parsed("batch").ok_or_else(missing_batch)?;
+        let events = serde_json::from_str::<Vec<&RawValue>>(raw)
+            .map_err(|_| {
+                ApiError::bad_request("invalid_batch", "batch: must be an array of events")
+            })?
+            .into_iter()
+            .map(RawValue::get)
+            .collect();
+        Ok(Envelope {
+            events,
+            write_key: top.get_parsed("writeKey"),
+            sent_at: top.get_parsed("sentAt"),
+        })
+    }
+
+    fn single(text: &'a str) -> Result<Envelope<'a>, ApiError> {
+        let top = parse_top(text)?;
+        Ok(Envelope {
+            events: vec![text],
+            write_key: top.get_parsed("writeKey"),
+            sent_at: top.get_parsed("sentAt"),
+        })
+    }
+
+    /// `writeKey` if it is a string.
+    fn write_key(&self) -> Option<String> {
+        self.write_key
+            .filter(|raw| raw.starts_with('"'))
+            .and_then(|raw| serde_json::from_str(raw).ok())
+    }
+}
+
+fn parse_top(text: &str) -> Result<RawObject<'_>, ApiError> {
+    RawObject::parse(text).map_err(|e| {
+        if serde_json::from_str::<&RawValue>(text).is_ok() {
+            ApiError::bad_request("invalid_json", "the body must be a JSON object")
+        } else {
+            ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+        }
+    })
+}
+
+fn missing_batch() -> ApiError {
+    ApiError::bad_request(
+        "invalid_batch",
+        "batch: missing; the body must be {\"batch\": [events...]}",
+    )
 }
 
 fn json_ok(body: &'static str) -> Response<Full<Bytes>> {

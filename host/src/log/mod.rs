@@ -39,6 +39,7 @@ use crate::ids::Offset;
 use crate::telemetry::LogMetrics;
 pub use offsets::OffsetStore;
 pub use reader::LogReader;
+use record::FrameError;
 pub use record::{EncodedRecord, EventType, Record, RecordKind, RecordMeta};
 use segment::SegmentInfo;
 use storage::Storage;
@@ -52,6 +53,10 @@ pub struct LogOptions {
     pub max_bytes: u64,
     /// Appends that may wait for the writer; beyond, appends fail fast with `Busy`.
     pub queue_capacity: usize,
+    /// Zeros written ahead of the appends, this many bytes at a time (0: none; see
+    /// [`storage::AppendFile::preallocate`]). Worth it where acks wait for the fsync (the raw
+    /// log: [`PREALLOCATE_BYTES`]); elsewhere it only costs copying zeros.
+    pub preallocate_bytes: u64,
 }
 
 impl From<&LogConfig> for LogOptions {
@@ -62,6 +67,7 @@ impl From<&LogConfig> for LogOptions {
             flush_bytes: c.flush_bytes,
             max_bytes: c.max_bytes,
             queue_capacity: 4096,
+            preallocate_bytes: 0,
         }
     }
 }
@@ -148,7 +154,15 @@ pub struct Shared {
     head_cv: Condvar,
     head_tx: watch::Sender<Head>,
     metrics: LogMetrics,
+    /// Deleted segments kept to be written over by the next ones, when the log writes ahead of
+    /// its appends ([`LogOptions::preallocate_bytes`]): reusing a file's blocks saves writing
+    /// its zeros again, about a tenth of the CPU of batch ingest.
+    spares: Mutex<Vec<PathBuf>>,
+    recycle: bool,
 }
+
+/// Deleted segments kept for reuse, at most.
+const MAX_SPARES: usize = 2;
 
 impl Shared {
     fn publish(&self, head: Head) {
@@ -186,9 +200,19 @@ impl Shared {
             return Ok(0);
         }
         for s in &doomed {
-            self.storage
-                .remove(&s.path)
-                .map_err(io_err("delete segment", &s.path))?;
+            let mut spares = self.spares.lock();
+            if self.recycle && spares.len() < MAX_SPARES {
+                let spare = self.dir.join(segment::spare_name(s.base));
+                self.storage
+                    .rename(&s.path, &spare)
+                    .map_err(io_err("keep segment for reuse", &s.path))?;
+                spares.push(spare);
+            } else {
+                self.storage
+                    .remove(&s.path)
+                    .map_err(io_err("delete segment", &s.path))?;
+            }
+            drop(spares);
             self.total_bytes.fetch_sub(s.len, Ordering::AcqRel);
             tracing::debug!(segment = %s.path.display(), "deleted a segment every consumer is past");
         }
@@ -303,6 +327,7 @@ impl Log {
             flush_interval: options.flush_interval,
             flush_bytes: options.flush_bytes,
             max_bytes: options.max_bytes,
+            preallocate_bytes: options.preallocate_bytes.min(options.segment_bytes),
         };
         let writer = std::thread::Builder::new()
             .name("weir-log-writer".into())
@@ -327,6 +352,7 @@ impl Log {
             flush_bytes: 0,
             max_bytes: u64::MAX,
             queue_capacity: 1,
+            preallocate_bytes: 0,
         };
         let (shared, _) = recover(dir, storage, &options, LogMetrics::detached(), false)?;
         Ok(Log {
@@ -404,6 +430,10 @@ impl Log {
     }
 }
 
+/// How far ahead of its appends the raw log writes zeros (see
+/// [`storage::AppendFile::preallocate`]); a finished segment is trimmed back to its records.
+pub const PREALLOCATE_BYTES: u64 = 1 << 20;
+
 /// The shared state of a recovered log and, when opened for writing, its active segment.
 type Recovered = (Arc<Shared>, Option<Box<dyn storage::AppendFile>>);
 
@@ -446,7 +476,14 @@ fn recover(
             .open_read(&last.path)
             .map_err(io_err("open segment", &last.path))?;
         let end = segment::scan(reader, last.base).map_err(io_err("read segment", &last.path))?;
-        if end.valid_len < last.len {
+        // Past the last record: zeros written ahead, or the older records of a reused
+        // segment (their offsets are below this segment's first, so the scan stops at them):
+        // neither is a torn write.
+        let written_ahead = end.valid_len < last.len
+            && (end.torn == Some(FrameError::Malformed(segment::STALE))
+                || segment::zeros_from(storage.as_ref(), &last.path, end.valid_len)
+                    .map_err(io_err("read segment", &last.path))?);
+        if end.valid_len < last.len && !written_ahead {
             let reason = end
                 .torn
                 .as_ref()
@@ -467,10 +504,14 @@ fn recover(
                 .open_append(&last.path)
                 .map_err(io_err("open segment", &last.path))?;
             if f.len() != end.valid_len {
+                // Zeros written ahead (the process stopped before the segment was finished)
+                // or a torn tail: either way the file goes back to its records and grows
+                // again from there.
                 f.truncate(end.valid_len)
                     .and_then(|()| f.sync())
                     .map_err(io_err("truncate segment", &last.path))?;
             }
+            f.preallocate(options.preallocate_bytes.min(options.segment_bytes));
             last.len = end.valid_len;
             file = Some(f);
         }
@@ -479,6 +520,20 @@ fn recover(
             segment_base: last.base,
             segment_len: end.valid_len,
         };
+    }
+    // Spares of an earlier run: kept if this log reuses segments, else deleted.
+    let mut spares = Vec::new();
+    if repair {
+        let recycle = options.preallocate_bytes > 0;
+        for spare in segment::list_spares(storage.as_ref(), dir).map_err(io_err("list", dir))? {
+            if recycle && spares.len() < MAX_SPARES {
+                spares.push(spare);
+            } else {
+                storage
+                    .remove(&spare)
+                    .map_err(io_err("delete spare segment", &spare))?;
+            }
+        }
     }
     let total: u64 = segments.iter().map(|s| s.len).sum();
     metrics.size_bytes.set(total as i64);
@@ -496,6 +551,8 @@ fn recover(
         head_cv: Condvar::new(),
         head_tx,
         metrics,
+        spares: Mutex::new(spares),
+        recycle: options.preallocate_bytes > 0,
     });
     Ok((shared, file))
 }

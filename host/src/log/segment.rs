@@ -11,6 +11,8 @@ use super::storage::{ReadFile, Storage};
 use crate::ids::Offset;
 
 const SUFFIX: &str = ".seg";
+/// A deleted segment kept to be written over as a later one (see `Shared::delete_before`).
+const SPARE_SUFFIX: &str = ".spare";
 
 /// A segment file of a log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,6 +25,23 @@ pub struct SegmentInfo {
 
 pub fn file_name(base: Offset) -> String {
     format!("{:020}{SUFFIX}", base.0)
+}
+
+/// The name a deleted segment is kept under until it is reused.
+pub fn spare_name(base: Offset) -> String {
+    format!("{:020}{SPARE_SUFFIX}", base.0)
+}
+
+/// The spare segments in `dir`.
+pub fn list_spares(storage: &dyn Storage, dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut spares: Vec<PathBuf> = storage
+        .list(dir)?
+        .into_iter()
+        .filter(|name| name.ends_with(SPARE_SUFFIX))
+        .map(|name| dir.join(name))
+        .collect();
+    spares.sort();
+    Ok(spares)
 }
 
 fn parse_name(name: &str) -> Option<Offset> {
@@ -46,6 +65,30 @@ pub fn list(storage: &dyn Storage, dir: &Path) -> io::Result<Vec<SegmentInfo>> {
     segments.sort_by_key(|s| s.base);
     Ok(segments)
 }
+
+/// Whether `path` holds only zero bytes from `pos` to its end: zeros written ahead of the
+/// appends (see [`super::storage::AppendFile::preallocate`]), not a torn write.
+pub fn zeros_from(storage: &dyn Storage, path: &Path, pos: u64) -> io::Result<bool> {
+    let file = storage.open_read(path)?;
+    let end = file.size()?;
+    let mut buf = vec![0; CHUNK];
+    let mut at = pos;
+    while at < end {
+        let want = ((end - at) as usize).min(CHUNK);
+        let got = file.read_at(&mut buf[..want], at)?;
+        if got == 0 {
+            break;
+        }
+        if buf[..got].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += got as u64;
+    }
+    Ok(true)
+}
+
+/// Why a scan stopped at a record of an earlier segment (in a reused file).
+pub const STALE: &str = "a record older than the segment (the file is reused)";
 
 /// Where a scan of a segment stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,11 +128,18 @@ pub fn scan(file: Box<dyn ReadFile>, base: Offset) -> io::Result<ScanEnd> {
                     reader.advance();
                     next = next.next();
                 }
-                Ok(_) => {
+                Ok(r) => {
+                    // A record from before this segment's first offset: the file is a reused
+                    // one and this is where its new records end.
+                    let why = if r.offset < base {
+                        STALE
+                    } else {
+                        "unexpected offset"
+                    };
                     return Ok(ScanEnd {
                         next,
                         valid_len: reader.pos(),
-                        torn: Some(FrameError::Malformed("unexpected offset")),
+                        torn: Some(FrameError::Malformed(why)),
                     });
                 }
                 Err(e) => {

@@ -7,7 +7,7 @@
 
 use std::fmt::Debug;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -20,6 +20,14 @@ pub trait Storage: Send + Sync + Debug + 'static {
     fn create(&self, path: &Path) -> io::Result<Box<dyn AppendFile>>;
     /// Opens an existing file for appending at its end.
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>>;
+    /// Renames `spare` (a finished file nobody reads any more) to `path` and opens it for
+    /// appending from its start: [`AppendFile::len`] is 0, and where the storage can, the
+    /// appends overwrite the old bytes in blocks the file already has instead of growing it
+    /// (the old bytes past `len` are not data). By default, a new empty file.
+    fn reuse(&self, spare: &Path, path: &Path) -> io::Result<Box<dyn AppendFile>> {
+        self.rename(spare, path)?;
+        self.create(path)
+    }
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadFile>>;
     fn remove(&self, path: &Path) -> io::Result<()>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
@@ -38,6 +46,20 @@ pub trait AppendFile: Send {
     fn len(&self) -> u64;
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// From now on, grow the file `chunk` bytes of zeros at a time ahead of the appends, so
+    /// that an append and its `sync` write data into blocks the file already has and leave its
+    /// size alone. Where the size changes, `fdatasync` must also commit the file system's
+    /// journal; where it does not, it only writes the data: ~95 µs instead of ~150 µs per
+    /// small sync on this machine's ext4. `len` stays the bytes appended; the zeros past it
+    /// are not data (recovery stops at them, see `segment::scan`). A no-op where the storage
+    /// has no use for it.
+    fn preallocate(&mut self, chunk: u64) {
+        let _ = chunk;
+    }
+    /// Gives back the zeros past `len` and makes that durable: for a file that is finished.
+    fn trim(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -83,22 +105,71 @@ pub fn read_all(storage: &dyn Storage, path: &Path) -> io::Result<Vec<u8>> {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FsStorage;
 
+/// A file appended to with positioned writes (`pwrite`), so that appends can go into zeros
+/// written ahead of them (see [`AppendFile::preallocate`]).
 struct FsAppend {
     file: File,
+    /// Bytes appended.
     len: u64,
+    /// The file's size: `len` plus the zeros written ahead.
+    size: u64,
+    /// How far ahead zeros are written; 0: not at all.
+    chunk: u64,
+}
+
+/// Zeros written ahead this many bytes per `write`.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
+impl FsAppend {
+    fn new(file: File, len: u64) -> Self {
+        FsAppend {
+            file,
+            len,
+            size: len,
+            chunk: 0,
+        }
+    }
+
+    /// Grows the file with zeros to a multiple of `chunk` covering `end`.
+    fn grow(&mut self, end: u64) -> io::Result<()> {
+        let target = end.div_ceil(self.chunk) * self.chunk;
+        let mut at = self.size;
+        while at < target {
+            let n = (target - at).min(ZEROS.len() as u64) as usize;
+            self.file.write_all_at(&ZEROS[..n], at)?;
+            at += n as u64;
+        }
+        self.size = target;
+        Ok(())
+    }
+
+    /// After a failed write: the file ends where the appended bytes end, with nothing of the
+    /// failed write (which could otherwise be read back as records after a crash) and no zeros.
+    fn cut_back(&mut self) {
+        let _ = self.file.set_len(self.len);
+        self.size = self.len;
+    }
 }
 
 impl AppendFile for FsAppend {
     fn append(&mut self, buf: &[u8]) -> io::Result<()> {
-        match self.file.write_all(buf) {
+        let end = self.len + buf.len() as u64;
+        let written = if self.chunk > 0 && end > self.size {
+            self.grow(end)
+        } else {
+            Ok(())
+        }
+        .and_then(|()| self.file.write_all_at(buf, self.len));
+        match written {
             Ok(()) => {
-                self.len += buf.len() as u64;
+                self.len = end;
+                self.size = self.size.max(end);
                 Ok(())
             }
             Err(e) => {
-                // A short write leaves part of `buf` in the file; put the length back so the
-                // file never ends in half a frame that a later write would follow.
-                let _ = self.file.set_len(self.len);
+                // A short write leaves part of `buf` in the file; cut it so the file never
+                // holds half a frame that a later write would follow.
+                self.cut_back();
                 Err(e)
             }
         }
@@ -111,11 +182,25 @@ impl AppendFile for FsAppend {
     fn truncate(&mut self, len: u64) -> io::Result<()> {
         self.file.set_len(len)?;
         self.len = len;
+        self.size = len;
         Ok(())
     }
 
     fn len(&self) -> u64 {
         self.len
+    }
+
+    fn preallocate(&mut self, chunk: u64) {
+        self.chunk = chunk;
+    }
+
+    fn trim(&mut self) -> io::Result<()> {
+        if self.size > self.len {
+            self.file.set_len(self.len)?;
+            self.size = self.len;
+            self.file.sync_data()?;
+        }
+        Ok(())
     }
 }
 
@@ -153,13 +238,26 @@ impl Storage for FsStorage {
             .write(true)
             .truncate(true)
             .open(path)?;
-        Ok(Box::new(FsAppend { file, len: 0 }))
+        Ok(Box::new(FsAppend::new(file, 0)))
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
-        let file = OpenOptions::new().append(true).open(path)?;
+        // Not `O_APPEND`: Linux's `pwrite` ignores the position on such a file.
+        let file = OpenOptions::new().write(true).open(path)?;
         let len = file.metadata()?.len();
-        Ok(Box::new(FsAppend { file, len }))
+        Ok(Box::new(FsAppend::new(file, len)))
+    }
+
+    fn reuse(&self, spare: &Path, path: &Path) -> io::Result<Box<dyn AppendFile>> {
+        fs::rename(spare, path)?;
+        let file = OpenOptions::new().write(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(Box::new(FsAppend {
+            file,
+            len: 0,
+            size,
+            chunk: 0,
+        }))
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadFile>> {

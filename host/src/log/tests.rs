@@ -15,6 +15,7 @@ fn options() -> LogOptions {
         flush_bytes: 1 << 20,
         max_bytes: 1 << 30,
         queue_capacity: 64,
+        preallocate_bytes: PREALLOCATE_BYTES,
     }
 }
 
@@ -81,6 +82,11 @@ async fn appends_read_back_in_order_across_segments() {
     );
     append_n(&log, 2..100).await;
     assert!(log.shared.segments.lock().len() > 3, "small segments roll");
+    // Finished segments hold their records only (the zeros written ahead are given back).
+    let segments = log.shared.segments.lock().clone();
+    for s in &segments[..segments.len() - 1] {
+        assert_eq!(std::fs::metadata(&s.path).unwrap().len(), s.len);
+    }
     let records = read_all(&log, Offset(0));
     assert_eq!(records.len(), 100);
     for (i, r) in records.iter().enumerate() {
@@ -99,6 +105,50 @@ async fn appends_read_back_in_order_across_segments() {
     assert_eq!(log.head().next, Offset(100));
     append_n(&log, 100..101).await;
     assert_eq!(read_all(&log, Offset(0)).len(), 101);
+}
+
+/// The active segment grows by zeros written ahead of the appends; a crash leaves them at its
+/// end, and recovery takes them for what they are: no records, and no torn tail.
+#[tokio::test]
+async fn zeros_written_ahead_are_not_records_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(FsStorage);
+    let mut opts = options();
+    opts.segment_bytes = 8 << 20;
+    let log = Log::open(dir.path(), storage.clone(), &opts, LogMetrics::detached()).unwrap();
+    append_n(&log, 0..10).await;
+    let seg = dir.path().join(segment::file_name(Offset(0)));
+    let records_len = log.head().segment_len;
+    assert_eq!(
+        std::fs::metadata(&seg).unwrap().len(),
+        PREALLOCATE_BYTES,
+        "zeros written ahead"
+    );
+    assert!(segment::zeros_from(storage.as_ref(), &seg, records_len).unwrap());
+    // A crash: the process ends without closing the log.
+    std::mem::forget(log);
+
+    let log = Log::open(dir.path(), storage.clone(), &opts, LogMetrics::detached()).unwrap();
+    assert_eq!(log.head().next, Offset(10));
+    assert_eq!(log.head().segment_len, records_len);
+    append_n(&log, 10..20).await;
+    let records = read_all(&log, Offset(0));
+    assert_eq!(records.len(), 20);
+    assert_eq!(payload_n(&records[19]), 19);
+    let records_len = log.head().segment_len;
+    log.close();
+    // A clean close gives the zeros back.
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), records_len);
+
+    // A record torn in the middle, with zeros after it, is a torn tail: cut, the rest kept.
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0; 150], records_len - 150).unwrap();
+    f.set_len(records_len + 4096).unwrap();
+    drop(f);
+    assert!(!segment::zeros_from(storage.as_ref(), &seg, records_len - 300).unwrap());
+    let log = Log::open(dir.path(), storage, &opts, LogMetrics::detached()).unwrap();
+    assert_eq!(log.head().next, Offset(19));
+    assert_eq!(read_all(&log, Offset(0)).len(), 19);
 }
 
 #[tokio::test]
@@ -259,4 +309,74 @@ async fn segments_are_deleted_only_below_the_low_water_mark() {
     let mut names = offsets.consumers().unwrap();
     names.sort();
     assert_eq!(names, [a, b]);
+}
+
+/// Deleted segments are kept (at most two) and written over as the next segments: the records
+/// read back are the new ones, and after a crash in a reused segment its older records are
+/// not taken for new ones.
+#[tokio::test]
+async fn reused_segments_hold_only_their_new_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(FsStorage);
+    let log = Log::open(
+        dir.path(),
+        storage.clone(),
+        &options(),
+        LogMetrics::detached(),
+    )
+    .unwrap();
+    append_n(&log, 0..100).await;
+    let deleted = log.delete_before(Offset(80)).unwrap();
+    assert!(deleted > 2, "{deleted}");
+    let spares = segment::list_spares(storage.as_ref(), dir.path()).unwrap();
+    assert_eq!(spares.len(), MAX_SPARES);
+    // The next segments are the spares, renamed: no new file is created for them.
+    append_n(&log, 100..140).await;
+    assert!(
+        segment::list_spares(storage.as_ref(), dir.path())
+            .unwrap()
+            .is_empty()
+    );
+    let records = read_all(&log, Offset(80));
+    assert_eq!(
+        records.iter().map(payload_n).collect::<Vec<_>>(),
+        (80..140).collect::<Vec<u64>>()
+    );
+    // Finished reused segments are trimmed to their records like any other.
+    let segments = log.shared.segments.lock().clone();
+    for s in &segments[..segments.len() - 1] {
+        assert_eq!(std::fs::metadata(&s.path).unwrap().len(), s.len);
+    }
+
+    // Crash while the active segment is a reused file that still holds older records past
+    // the new ones.
+    log.delete_before(Offset(139)).unwrap();
+    let before_crash = log.head().next;
+    let mut n = before_crash.0 as usize;
+    while log.head().segment_len == 0
+        || segment::list_spares(storage.as_ref(), dir.path())
+            .unwrap()
+            .len()
+            == MAX_SPARES
+    {
+        append_n(&log, n..n + 1).await;
+        n += 1;
+    }
+    let active = log.shared.segments.lock().last().cloned().unwrap();
+    let file_len = std::fs::metadata(&active.path).unwrap().len();
+    assert!(
+        file_len > active.len,
+        "the reused file is longer than its new records ({file_len} vs {})",
+        active.len
+    );
+    let head = log.head();
+    std::mem::forget(log);
+    let log = Log::open(dir.path(), storage, &options(), LogMetrics::detached()).unwrap();
+    assert_eq!(log.head().next, head.next);
+    assert_eq!(log.head().segment_len, head.segment_len);
+    let records = read_all(&log, Offset(139));
+    assert_eq!(
+        records.iter().map(payload_n).collect::<Vec<_>>(),
+        (139..n as u64).collect::<Vec<u64>>()
+    );
 }

@@ -40,6 +40,8 @@ pub struct Writer {
     pub flush_interval: Duration,
     pub flush_bytes: usize,
     pub max_bytes: u64,
+    /// See [`super::LogOptions::preallocate_bytes`].
+    pub preallocate_bytes: u64,
 }
 
 impl Writer {
@@ -72,6 +74,10 @@ impl Writer {
             self.commit(&mut batch, &mut buf);
             batch.clear();
             buf.clear();
+        }
+        // Closed: leave the active segment holding its records only.
+        if let Err(e) = self.file.trim() {
+            tracing::warn!(error = %e, "cannot trim the active log segment at close; the next start will");
         }
     }
 
@@ -166,11 +172,19 @@ impl Writer {
     }
 
     /// Starts a new segment at the next offset. The current one is already synced (every
-    /// commit syncs before acking), so nothing more is owed to it.
+    /// commit syncs before acking); only its zeros written ahead are given back.
     fn roll(&mut self) -> std::io::Result<()> {
         let path = self.shared.dir.join(segment::file_name(self.next));
         let finished_len = self.file.len();
-        let file = self.storage.create(&path)?;
+        // Durably, before the next segment exists: only the last segment may end in zeros
+        // (readers take a finished segment's file size as its end).
+        self.file.trim()?;
+        let spare = self.shared.spares.lock().pop();
+        let mut file = match spare {
+            Some(spare) => self.storage.reuse(&spare, &path)?,
+            None => self.storage.create(&path)?,
+        };
+        file.preallocate(self.preallocate_bytes);
         self.storage.sync_dir(&self.shared.dir)?;
         self.file = file;
         self.segment_base = self.next;
