@@ -253,6 +253,7 @@ fn measure(
     kind: ServerKind,
     ids: &Arc<AtomicU64>,
 ) -> anyhow::Result<RunResult> {
+    settle();
     println!(
         "\n--- {} against {} ({:.0} s) ---",
         scenario.describe(),
@@ -1252,12 +1253,21 @@ impl DiskResult {
     }
 }
 
+/// Lets the disk finish with the previous run (its dirty pages, and on a `discard` mount the
+/// trims of its deleted files) so that it is not billed to the next one.
+fn settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::thread::sleep(Duration::from_secs(2));
+}
+
 fn disk_baseline(
     base: &Path,
     chunk_bytes: usize,
     duration: Duration,
     mode: DiskMode,
 ) -> anyhow::Result<DiskResult> {
+    settle();
     /// Like the log's segments: a new file after this many bytes (`Append`); the size of the
     /// file written round and round (`Overwrite`).
     const FILE_BYTES: u64 = 128 << 20;
