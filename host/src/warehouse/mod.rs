@@ -122,6 +122,14 @@ pub struct WarehouseLoader {
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// A batch ready to load: its rows per schema and the log offset after its last record.
+struct Prepared {
+    loads: Vec<SchemaLoad>,
+    next: Offset,
+    /// When its preparation started (the `load_seconds` metric covers both stages).
+    started: Instant,
+}
+
 impl WarehouseLoader {
     pub fn spawn(self, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
@@ -181,30 +189,60 @@ impl WarehouseLoader {
         }
         .max(oldest);
         let mut reader = self.log.reader(start);
-        let sources: HashSet<&SourceId> = self.spec.sources.iter().collect();
-        loop {
-            if stop.load(Ordering::Acquire) {
-                return Ok(());
+        // Two stages on two threads, so that mapping the next batch overlaps loading this one
+        // (on 2 cores, the warehouse's own work and ours): a batch is prepared (read, filtered,
+        // mapped) while the one before it loads. Loads stay one at a time and in log order, each
+        // committing its offset, so a failed load restarts the session from what is committed
+        // and the batch prepared meanwhile is thrown away.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Prepared, WarehouseError>>(1);
+        let abort = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let preparer = std::thread::Builder::new()
+                .name(format!("weir-warehouse-{}-map", self.spec.name))
+                .spawn_scoped(scope, || {
+                    // Owned here, so the channel closes when this stage ends.
+                    let tx = tx;
+                    while !stop.load(Ordering::Acquire) && !abort.load(Ordering::Acquire) {
+                        let prepared = match self.prepare(&mut reader, &mut catalog, stop) {
+                            Ok(Some(p)) => Ok(p),
+                            Ok(None) => continue,
+                            Err(e) => Err(e),
+                        };
+                        let failed = prepared.is_err();
+                        if tx.send(prepared).is_err() || failed {
+                            return;
+                        }
+                    }
+                });
+            if let Err(e) = preparer {
+                return Err(WarehouseError::Load(format!(
+                    "cannot start the mapping thread: {e}"
+                )));
             }
-            let (records, next) = self.collect(&mut reader, stop)?;
-            let Some(next) = next else { continue };
-            let started = Instant::now();
-            let mine: Vec<&Record> = records
-                .iter()
-                .filter(|r| r.meta.kind == RecordKind::Event && sources.contains(&r.meta.source))
-                .collect();
-            let (events, dead) = self.filter(mine);
-            // Dead letters are durable before the load that skips their events commits.
-            if let Some(dlq) = &self.dlq
-                && !dead.is_empty()
-            {
-                dlq.push_blocking(&dead).map_err(|e| {
-                    WarehouseError::Load(format!("cannot write the dead-letter queue: {e}"))
-                })?;
-            }
-            let loads = self.map(&mut catalog, &events);
+            let result = self.load_prepared(loader, &consumer, &rx);
+            abort.store(true, Ordering::Release);
+            // Unblocks a preparer waiting to hand over its batch.
+            drop(rx);
+            result
+        })
+    }
+
+    /// The loading stage: loads the prepared batches in order until the preparer stops.
+    fn load_prepared(
+        &self,
+        loader: &mut dyn Loader,
+        consumer: &ConsumerId,
+        rx: &std::sync::mpsc::Receiver<Result<Prepared, WarehouseError>>,
+    ) -> Result<(), WarehouseError> {
+        // The preparer stops (and the channel closes) when the router stops.
+        while let Ok(prepared) = rx.recv() {
+            let Prepared {
+                loads,
+                next,
+                started,
+            } = prepared?;
             let stats = loader.load(&loads, next)?;
-            if let Err(e) = self.offsets.commit(&consumer, next) {
+            if let Err(e) = self.offsets.commit(consumer, next) {
                 tracing::warn!(error = %e, "cannot record the warehouse's offset for retention");
             }
             let l = self.labels();
@@ -223,6 +261,39 @@ impl WarehouseLoader {
                 .set(self.log.head().next.0.saturating_sub(next.0) as i64);
             tracing::debug!(warehouse = %self.spec.name, rows = stats.rows, discards = stats.discards, next = next.0, "loaded");
         }
+        Ok(())
+    }
+
+    /// The preparing stage for one batch: reads it, runs the filters (dead letters are durable
+    /// before the load that skips their events commits) and maps it. `None` when nothing came.
+    fn prepare(
+        &self,
+        reader: &mut crate::log::LogReader,
+        catalog: &mut Catalog,
+        stop: &AtomicBool,
+    ) -> Result<Option<Prepared>, WarehouseError> {
+        let (records, next) = self.collect(reader, stop)?;
+        let Some(next) = next else { return Ok(None) };
+        let started = Instant::now();
+        let sources: HashSet<&SourceId> = self.spec.sources.iter().collect();
+        let mine: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.meta.kind == RecordKind::Event && sources.contains(&r.meta.source))
+            .collect();
+        let (events, dead) = self.filter(mine);
+        if let Some(dlq) = &self.dlq
+            && !dead.is_empty()
+        {
+            dlq.push_blocking(&dead).map_err(|e| {
+                WarehouseError::Load(format!("cannot write the dead-letter queue: {e}"))
+            })?;
+        }
+        let loads = self.map(catalog, &events);
+        Ok(Some(Prepared {
+            loads,
+            next,
+            started,
+        }))
     }
 
     fn oldest(&self) -> Offset {
