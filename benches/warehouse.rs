@@ -36,6 +36,11 @@
 #[path = "common/rng.rs"]
 mod rng;
 
+// The allocator of the `weir` binary (host/src/main.rs), so the loader runs here as it runs in
+// production; the raw baseline runs on it too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

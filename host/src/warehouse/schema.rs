@@ -78,8 +78,16 @@ fn looks_like_timestamp(s: &str) -> bool {
         && timestamp::parse(s).is_some()
 }
 
-/// `v` as a `ty` cell, or why it does not fit.
-fn fit(v: &Value, ty: ColumnType) -> Result<Cell, String> {
+/// `v` as a `ty` cell, or why it does not fit (with the value back, for the discard).
+fn fit(v: Value, ty: ColumnType) -> Result<Cell, (String, Value)> {
+    match (ty, v) {
+        // Moved, not copied: most cells are text.
+        (ColumnType::Text, Value::String(s)) => Ok(Cell::Text(s)),
+        (ty, v) => fit_ref(&v, ty).map_err(|reason| (reason, v)),
+    }
+}
+
+fn fit_ref(v: &Value, ty: ColumnType) -> Result<Cell, String> {
     match (ty, v) {
         (_, Value::Null) => Ok(Cell::Null),
         (ColumnType::Bool, Value::Bool(b)) => Ok(Cell::Bool(*b)),
@@ -216,6 +224,30 @@ pub fn reserved_columns(table: &str, is_event_table: bool) -> Vec<(&'static str,
     cols
 }
 
+/// Whether `column` is one of [`reserved_columns`] of `table`, without building the list.
+fn is_reserved(table: &str, is_event_table: bool, column: &str) -> bool {
+    let extra: &[&str] = match table {
+        "users" => &["id", "received_at", "uuid_ts"],
+        "discards" => &[
+            "table_name",
+            "column_name",
+            "column_value",
+            "reason",
+            "row_id",
+            "received_at",
+            "uuid_ts",
+        ],
+        "tracks" => &["event", "event_text"],
+        "pages" | "screens" => &["name"],
+        "groups" => &["group_id"],
+        "aliases" => &["previous_id"],
+        _ if is_event_table => &["event", "event_text"],
+        _ => &[],
+    };
+    extra.contains(&column)
+        || (!matches!(table, "users" | "discards") && COMMON.iter().any(|(c, _)| *c == column))
+}
+
 /// What the warehouse holds: per schema, per table, its columns and their types.
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
@@ -282,7 +314,11 @@ fn flatten_into(prefix: &str, v: &Map<String, Value>, out: &mut Vec<(String, Val
         let name = if prefix.is_empty() {
             key
         } else {
-            format!("{prefix}_{key}")
+            let mut name = String::with_capacity(prefix.len() + 1 + key.len());
+            name.push_str(prefix);
+            name.push('_');
+            name.push_str(&key);
+            name
         };
         match v {
             Value::Object(inner) if !inner.is_empty() => flatten_into(&name, inner, out),
@@ -357,15 +393,11 @@ impl Mapper<'_> {
             _ => &empty,
         };
         let custom = |fields: &Map<String, Value>, prefix: &str, table: &str, is_event: bool| {
-            let reserved: HashSet<&str> = reserved_columns(table, is_event)
-                .into_iter()
-                .map(|(c, _)| c)
-                .collect();
             let mut flat = Vec::new();
             flatten_into("", fields, &mut flat);
             flat.into_iter()
                 .map(|(k, v)| {
-                    if reserved.contains(k.as_str()) || k.starts_with("context_") {
+                    if is_reserved(table, is_event, &k) || k.starts_with("context_") {
                         (format!("{prefix}_{k}"), v)
                     } else {
                         (k, v)
@@ -480,7 +512,11 @@ impl Mapper<'_> {
                 });
         let mut cells: Vec<Cell> = vec![Cell::Null; table.columns.len()];
         for (name, value) in row.values {
-            let name = fit_identifier(&name, limit);
+            let name = if name.len() <= limit {
+                name
+            } else {
+                fit_identifier(&name, limit)
+            };
             let at = table.columns.iter().position(|(c, _)| *c == name);
             let (index, ty) = match at {
                 Some(i) => (i, table.columns[i].1),
@@ -511,9 +547,9 @@ impl Mapper<'_> {
                     (table.columns.len() - 1, ty)
                 }
             };
-            match fit(&value, ty) {
+            match fit(value, ty) {
                 Ok(cell) => cells[index] = cell,
-                Err(reason) => load.discards.push(Discard {
+                Err((reason, value)) => load.discards.push(Discard {
                     table: row.table.clone(),
                     column: name,
                     value: value_text(&value),
@@ -622,6 +658,41 @@ mod tests {
             .position(|(c, _)| c == name)
             .unwrap_or_else(|| panic!("no column {name}: {:?}", t.columns));
         &t.rows[row][i]
+    }
+
+    #[test]
+    fn is_reserved_agrees_with_reserved_columns() {
+        for (table, is_event) in [
+            ("tracks", false),
+            ("order_completed", true),
+            ("identifies", false),
+            ("users", false),
+            ("pages", false),
+            ("screens", false),
+            ("groups", false),
+            ("aliases", false),
+            ("discards", false),
+        ] {
+            let reserved = reserved_columns(table, is_event);
+            for (c, _) in &reserved {
+                assert!(is_reserved(table, is_event, c), "{table}.{c}");
+            }
+            for c in [
+                "revenue",
+                "event",
+                "name",
+                "group_id",
+                "previous_id",
+                "reason",
+                "id",
+            ] {
+                assert_eq!(
+                    is_reserved(table, is_event, c),
+                    reserved.iter().any(|(r, _)| *r == c),
+                    "{table}.{c}"
+                );
+            }
+        }
     }
 
     #[test]
