@@ -608,18 +608,16 @@ mod pg {
     //! PostgreSQL: one database per run, binary COPY for the baseline.
 
     use std::collections::BTreeMap;
-    use std::error::Error;
 
     use anyhow::Context;
-    use bytes::BytesMut;
     use tokio_postgres::binary_copy::BinaryCopyInWriter;
-    use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+    use tokio_postgres::types::Type;
     use tokio_postgres::{Client, NoTls};
 
     use weir::warehouse::Engine;
     use weir::warehouse::loader::discards_table;
     use weir::warehouse::postgres::Postgres;
-    use weir::warehouse::schema::{Cell, SchemaLoad};
+    use weir::warehouse::schema::SchemaLoad;
     use weir::warehouse::sql::{self, ident, qualified};
 
     use super::{RawSink, Warehouse, row_tables};
@@ -762,34 +760,6 @@ mod pg {
         client: Client,
     }
 
-    /// A cell as COPY wants it, without copying it first.
-    #[derive(Debug)]
-    struct PgCell<'a>(&'a Cell);
-
-    impl ToSql for PgCell<'_> {
-        fn to_sql(
-            &self,
-            ty: &Type,
-            out: &mut BytesMut,
-        ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
-            match self.0 {
-                Cell::Null => Ok(IsNull::Yes),
-                Cell::Bool(b) => b.to_sql(ty, out),
-                Cell::Int(i) => i.to_sql(ty, out),
-                Cell::Float(f) => f.to_sql(ty, out),
-                Cell::Timestamp(t) => t.to_sql(ty, out),
-                Cell::Text(s) => s.as_str().to_sql(ty, out),
-            }
-        }
-
-        /// The mapper already typed every cell for its column.
-        fn accepts(_: &Type) -> bool {
-            true
-        }
-
-        to_sql_checked!();
-    }
-
     fn pg_type(ty: weir::warehouse::schema::ColumnType) -> Type {
         use weir::warehouse::schema::ColumnType;
         match ty {
@@ -818,7 +788,8 @@ mod pg {
         let types: Vec<Type> = t.columns.iter().map(|(_, ty)| pg_type(*ty)).collect();
         let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
         for row in &t.rows {
-            writer.as_mut().write_raw(row.iter().map(PgCell)).await?;
+            // `Cell` is written as itself (weir::warehouse::postgres).
+            writer.as_mut().write_raw(row.iter()).await?;
         }
         writer.finish().await
     }

@@ -146,11 +146,8 @@ async fn copy_rows<'r>(
         .await?;
     let types: Vec<Type> = columns.iter().map(|(_, t)| pg_type(*t)).collect();
     let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
-    let mut refs: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(columns.len());
     for row in rows {
-        refs.clear();
-        refs.extend(row.iter().map(|c| c as &(dyn ToSql + Sync)));
-        writer.as_mut().write(&refs).await?;
+        writer.as_mut().write_raw(row.iter()).await?;
     }
     writer.finish().await
 }
