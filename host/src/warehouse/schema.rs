@@ -188,64 +188,57 @@ const COMMON: &[(&str, ColumnType)] = &[
     ("uuid_ts", ColumnType::Timestamp),
 ];
 
-/// The fixed columns of a table (before context, properties and traits).
-pub fn reserved_columns(table: &str, is_event_table: bool) -> Vec<(&'static str, ColumnType)> {
-    let mut cols: Vec<(&'static str, ColumnType)> = match table {
-        "users" => vec![
-            ("id", ColumnType::Text),
-            ("received_at", ColumnType::Timestamp),
-            ("uuid_ts", ColumnType::Timestamp),
-        ],
-        "discards" => vec![
-            ("table_name", ColumnType::Text),
-            ("column_name", ColumnType::Text),
-            ("column_value", ColumnType::Text),
-            ("reason", ColumnType::Text),
-            ("row_id", ColumnType::Text),
-            ("received_at", ColumnType::Timestamp),
-            ("uuid_ts", ColumnType::Timestamp),
-        ],
-        _ => COMMON.to_vec(),
-    };
-    match table {
-        "tracks" => cols.extend([
-            ("event", ColumnType::Text),
-            ("event_text", ColumnType::Text),
-        ]),
-        "pages" | "screens" => cols.push(("name", ColumnType::Text)),
-        "groups" => cols.push(("group_id", ColumnType::Text)),
-        "aliases" => cols.push(("previous_id", ColumnType::Text)),
-        _ if is_event_table => cols.extend([
-            ("event", ColumnType::Text),
-            ("event_text", ColumnType::Text),
-        ]),
-        _ => {}
-    }
-    cols
-}
+const USERS: &[(&str, ColumnType)] = &[
+    ("id", ColumnType::Text),
+    ("received_at", ColumnType::Timestamp),
+    ("uuid_ts", ColumnType::Timestamp),
+];
 
-/// Whether `column` is one of [`reserved_columns`] of `table`, without building the list.
-fn is_reserved(table: &str, is_event_table: bool, column: &str) -> bool {
-    let extra: &[&str] = match table {
-        "users" => &["id", "received_at", "uuid_ts"],
-        "discards" => &[
-            "table_name",
-            "column_name",
-            "column_value",
-            "reason",
-            "row_id",
-            "received_at",
-            "uuid_ts",
-        ],
-        "tracks" => &["event", "event_text"],
-        "pages" | "screens" => &["name"],
-        "groups" => &["group_id"],
-        "aliases" => &["previous_id"],
-        _ if is_event_table => &["event", "event_text"],
+const DISCARDS: &[(&str, ColumnType)] = &[
+    ("table_name", ColumnType::Text),
+    ("column_name", ColumnType::Text),
+    ("column_value", ColumnType::Text),
+    ("reason", ColumnType::Text),
+    ("row_id", ColumnType::Text),
+    ("received_at", ColumnType::Timestamp),
+    ("uuid_ts", ColumnType::Timestamp),
+];
+
+const EVENT: &[(&str, ColumnType)] = &[
+    ("event", ColumnType::Text),
+    ("event_text", ColumnType::Text),
+];
+
+/// The fixed columns of a table, in two parts: the ones every table of its kind has, then
+/// the table's own.
+fn reserved_parts(table: &str, is_event_table: bool) -> [&'static [(&'static str, ColumnType)]; 2] {
+    let base = match table {
+        "users" => USERS,
+        "discards" => DISCARDS,
+        _ => COMMON,
+    };
+    let own: &[(&str, ColumnType)] = match table {
+        "tracks" => EVENT,
+        "pages" | "screens" => &[("name", ColumnType::Text)],
+        "groups" => &[("group_id", ColumnType::Text)],
+        "aliases" => &[("previous_id", ColumnType::Text)],
+        _ if is_event_table => EVENT,
         _ => &[],
     };
-    extra.contains(&column)
-        || (!matches!(table, "users" | "discards") && COMMON.iter().any(|(c, _)| *c == column))
+    [base, own]
+}
+
+/// The fixed columns of a table (before context, properties and traits).
+pub fn reserved_columns(table: &str, is_event_table: bool) -> Vec<(&'static str, ColumnType)> {
+    reserved_parts(table, is_event_table).concat()
+}
+
+/// Whether `column` is one of [`reserved_columns`] of `table`, without building the list
+/// (the mapper asks for every property and trait).
+fn is_reserved(table: &str, is_event_table: bool, column: &str) -> bool {
+    reserved_parts(table, is_event_table)
+        .iter()
+        .any(|part| part.iter().any(|(c, _)| *c == column))
 }
 
 /// What the warehouse holds: per schema, per table, its columns and their types.
