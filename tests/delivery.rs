@@ -287,29 +287,7 @@ async fn the_consent_filter_keeps_denied_events_from_a_destination() {
         "chain = [\"consent\"]",
     );
     let weir = Weir::start(&config(&format!("{consent}\n{destination}")));
-    let with = |id: &str, context: Value| {
-        json!({"type": "track", "event": "Ad Clicked", "userId": id, "messageId": id,
-            "context": context})
-    };
-    send(
-        &weir,
-        vec![
-            with(
-                "segment-denied",
-                json!({"consent": {"categoryPreferences": {"Advertising": false}}}),
-            ),
-            with(
-                "rudder-denied",
-                json!({"consentManagement": {"deniedConsentIds": ["Advertising"]}}),
-            ),
-            with(
-                "granted",
-                json!({"consent": {"categoryPreferences": {"Advertising": true}}}),
-            ),
-            with("no-consent-info", json!({})),
-        ],
-    )
-    .await;
+    send(&weir, support::advertising_consent_events()).await;
     let filtered = r#"weir_delivery_filtered_total{destination="ads"} 2"#;
     let mut text = String::new();
     for _ in 0..100 {

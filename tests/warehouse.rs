@@ -559,29 +559,7 @@ async fn consent_keeps_denied_events_out_of_one_warehouse() {
         weir::plugin::bundled::path("consent").display()
     );
     let weir = Weir::start(&config(&warehouses, ""));
-    let with = |id: &str, context: Value| {
-        json!({"type": "track", "event": "Ad Clicked", "userId": id, "messageId": id,
-            "context": context})
-    };
-    send(
-        &weir,
-        vec![
-            with(
-                "segment-denied",
-                json!({"consent": {"categoryPreferences": {"Advertising": false, "Analytics": true}}}),
-            ),
-            with(
-                "rudder-denied",
-                json!({"consentManagement": {"deniedConsentIds": ["Advertising"]}}),
-            ),
-            with(
-                "granted",
-                json!({"consent": {"categoryPreferences": {"Advertising": true}}}),
-            ),
-            with("no-consent-info", json!({})),
-        ],
-    )
-    .await;
+    send(&weir, support::advertising_consent_events()).await;
     let file = weir.data_dir().join("all.duckdb");
     let everything = eventually(Duration::from_secs(30), || {
         let conn = duckdb::Connection::open(&file).ok()?;

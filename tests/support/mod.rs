@@ -267,6 +267,32 @@ pub fn track(message_id: &str, user: &str) -> Value {
     })
 }
 
+/// Four `Ad Clicked` tracks, each with its messageId as user: `segment-denied` (Segment's
+/// `categoryPreferences` denies Advertising, allows Analytics), `rudder-denied` (RudderStack's
+/// `deniedConsentIds`), `granted`, and `no-consent-info`.
+pub fn advertising_consent_events() -> Vec<Value> {
+    let with = |id: &str, context: Value| {
+        serde_json::json!({"type": "track", "event": "Ad Clicked", "userId": id,
+            "messageId": id, "context": context})
+    };
+    vec![
+        with(
+            "segment-denied",
+            serde_json::json!({"consent": {"categoryPreferences":
+                {"Advertising": false, "Analytics": true}}}),
+        ),
+        with(
+            "rudder-denied",
+            serde_json::json!({"consentManagement": {"deniedConsentIds": ["Advertising"]}}),
+        ),
+        with(
+            "granted",
+            serde_json::json!({"consent": {"categoryPreferences": {"Advertising": true}}}),
+        ),
+        with("no-consent-info", serde_json::json!({})),
+    ]
+}
+
 /// The cargo target directory these tests were built in (`$OUT_DIR` is
 /// `<target>/<profile>/build/<pkg>/out`).
 pub fn target_dir() -> PathBuf {
