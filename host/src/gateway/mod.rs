@@ -252,6 +252,7 @@ impl Gateway {
         let body_key = fields.write_key();
         let source = self.source_for(header_key.as_deref().or(body_key.as_deref()))?;
         let events = fields.events;
+        let mut parsed = fields.single;
         if events.len() > self.limits.max_batch_events {
             return Err(ApiError::too_large(format!(
                 "the batch has {} events, over the limit of {} per request; send smaller batches",
@@ -321,7 +322,12 @@ impl Gateway {
             } else {
                 format!("batch[{i}]")
             };
-            match normalize(&ctx, raw, forced, &at) {
+            let prepared = match parsed.take() {
+                Some(obj) => normalize::check_size(&ctx, raw, &at)
+                    .and_then(|()| normalize::normalize_parsed(&ctx, raw, obj, forced, &at)),
+                None => normalize(&ctx, raw, forced, &at),
+            };
+            match prepared {
                 Ok(p) => match source.dedupe.check(p.meta.dedupe_key, now_ms, &ticket) {
                     Seen::New => {
                         reserved.push(p.meta.dedupe_key);
@@ -421,6 +427,8 @@ struct Envelope<'a> {
     events: Vec<&'a str>,
     write_key: Option<&'a str>,
     sent_at: Option<&'a str>,
+    /// A single-event body is its event: parsed once, here, and handed to `normalize`.
+    single: Option<RawObject<'a>>,
 }
 
 /// `{"batch": [...], "writeKey": ..., "sentAt": ...}` read in one pass: each event's JSON is
@@ -450,6 +458,7 @@ impl<'a> Envelope<'a> {
             events: batch.into_iter().map(RawValue::get).collect(),
             write_key: fields.write_key.map(RawValue::get),
             sent_at: fields.sent_at.map(RawValue::get),
+            single: None,
         })
     }
 
@@ -467,6 +476,7 @@ impl<'a> Envelope<'a> {
             events,
             write_key: top.get_parsed("writeKey"),
             sent_at: top.get_parsed("sentAt"),
+            single: None,
         })
     }
 
@@ -476,6 +486,7 @@ impl<'a> Envelope<'a> {
             events: vec![text],
             write_key: top.get_parsed("writeKey"),
             sent_at: top.get_parsed("sentAt"),
+            single: Some(top),
         })
     }
 

@@ -87,6 +87,14 @@ pub fn normalize(
     forced: Option<EventType>,
     at: &str,
 ) -> Result<Prepared, String> {
+    check_size(ctx, raw, at)?;
+    let obj =
+        RawObject::parse(raw).map_err(|_| format!("{}: must be a JSON object", path(at, "")))?;
+    normalize_parsed(ctx, raw, obj, forced, at)
+}
+
+/// The event size limit, checked before the event is parsed.
+pub fn check_size(ctx: &RequestContext<'_>, raw: &str, at: &str) -> Result<(), String> {
     if raw.len() > ctx.max_event_bytes {
         return Err(format!(
             "{}: the event is {} bytes, over the limit of {} bytes per event",
@@ -95,9 +103,17 @@ pub fn normalize(
             ctx.max_event_bytes
         ));
     }
-    let mut obj =
-        RawObject::parse(raw).map_err(|_| format!("{}: must be a JSON object", path(at, "")))?;
+    Ok(())
+}
 
+/// [`normalize`] of an event already parsed (`obj` is `raw` parsed), its size checked.
+pub fn normalize_parsed(
+    ctx: &RequestContext<'_>,
+    raw: &str,
+    mut obj: RawObject<'_>,
+    forced: Option<EventType>,
+    at: &str,
+) -> Result<Prepared, String> {
     let event_type = match forced {
         Some(t) => {
             obj.set_str("type", t.as_str());
