@@ -136,11 +136,9 @@ async fn a_broken_destination_does_not_slow_the_healthy_one() {
         .is_some(),
         "the failing one is being tried"
     );
-    let metrics = support::metrics(&weir).await;
-    assert!(
-        metrics.contains(r#"weir_delivery_delivered_total{destination="healthy"} 100"#),
-        "{metrics}"
-    );
+    let delivered = r#"weir_delivery_delivered_total{destination="healthy"} 100"#;
+    let metrics = support::metrics_containing(&weir, delivered, Duration::from_secs(10)).await;
+    assert!(metrics.contains(delivered), "{metrics}");
     assert!(
         metrics.contains(r#"weir_delivery_held_events{destination="failing"}"#),
         "{metrics}"

@@ -550,11 +550,9 @@ config = {{ case = "snake_case" }}
     // Still up and serving.
     let r = c.get(weir.url("/health/ready")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let metrics = support::metrics(&weir).await;
-    assert!(
-        metrics.contains(r#"weir_dead_lettered_total{stage="pipeline"} 5"#),
-        "{metrics}"
-    );
+    let dead_lettered = r#"weir_dead_lettered_total{stage="pipeline"} 5"#;
+    let metrics = support::metrics_containing(&weir, dead_lettered, Duration::from_secs(10)).await;
+    assert!(metrics.contains(dead_lettered), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -246,6 +246,20 @@ pub async fn metrics(weir: &Weir) -> String {
         .expect("metrics body")
 }
 
+/// The `/metrics` text once it contains `wanted`, or the last text read after `timeout`:
+/// counters move a moment after the effect a test waits for (a destination counts a delivery
+/// when the response is back, after the sink has recorded the request).
+pub async fn metrics_containing(weir: &Weir, wanted: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = metrics(weir).await;
+        if text.contains(wanted) || Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// An HTTP client with no connection reuse surprises.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
