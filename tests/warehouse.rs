@@ -437,6 +437,49 @@ async fn duckdb_loads_dedupes_and_waits_for_the_file() {
     assert_eq!(query("SELECT count(DISTINCT id) FROM web.tracks"), Some(3));
 }
 
+/// Repeats of events loaded earlier (the gateway's dedupe window is 0 here, so they reach the
+/// log) land once in PostgreSQL: the load the primary key refuses is redone with only the rows
+/// that are new, and those rows still arrive.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_loads_a_repeated_message_id_once() {
+    let (url, pg) = fresh_database("repeats").await;
+    let weir = Weir::start(&config(
+        &format!(
+            "[[warehouses]]\nname = \"pg\"\nengine = \"postgres\"\nurl = \"{url}\"\nsources = [\"web\"]\nflush_interval_ms = 100\n"
+        ),
+        "dedupe = { window_secs = 0 }",
+    ));
+    send(&weir, every_type()).await;
+    wait_pg(&pg, "SELECT count(*) FROM web.tracks", 2).await;
+    // t1 and i1 again, in one batch with a new track and a new identify.
+    let mut again = vec![every_type()[1].clone(), every_type()[0].clone()];
+    again.push(
+        json!({"type": "track", "messageId": "t3", "userId": "u3", "event": "Order Completed",
+        "properties": {"revenue": 7}, "timestamp": "2024-05-04T08:00:00.000Z"}),
+    );
+    again.push(
+        json!({"type": "identify", "messageId": "i3", "userId": "u3",
+        "traits": {"plan": "free"}, "timestamp": "2024-05-04T08:00:00.000Z"}),
+    );
+    send(&weir, again).await;
+    wait_pg(&pg, "SELECT count(*) FROM web.tracks", 3).await;
+    for (table, n) in [
+        ("tracks", 3i64),
+        ("order_completed", 3),
+        ("identifies", 4),
+        ("users", 2),
+    ] {
+        let r = pg_rows(&pg, &format!("SELECT count(*) FROM web.{table}")).await;
+        assert_eq!(r[0].get::<_, i64>(0), n, "{table}");
+    }
+    let r = pg_rows(
+        &pg,
+        "SELECT count(*) FROM web.order_completed WHERE id = 't1'",
+    )
+    .await;
+    assert_eq!(r[0].get::<_, i64>(0), 1);
+}
+
 /// A TCP forwarder to PostgreSQL that can be switched off (connections refused) and on.
 struct Proxy {
     port: u16,

@@ -3,23 +3,39 @@
 //! or any DuckDB client. While someone else holds it, the loader waits (the events stay in the
 //! log).
 //!
-//! Rows go through the appender into a staging table, then into the target with an anti-join on
-//! `id` (tables have no primary key: DuckDB cannot add columns to a table with an index).
+//! Per table, the rows whose `id` is not there yet (one scan of the table's `id` column against
+//! the batch's ids, `loader::fresh_rows`) go in through the appender as Arrow batches, straight
+//! into the target. Tables have no primary key: DuckDB cannot add columns to a table with an
+//! index.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use duckdb::types::Value;
-use duckdb::{Connection, appender_params_from_iter};
+use duckdb::Connection;
+use duckdb::arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use duckdb::arrow::datatypes::{Field, Schema};
+use duckdb::arrow::record_batch::RecordBatch;
 use time::OffsetDateTime;
 
-use super::loader::{LoadStats, Loader, TableStatus, WarehouseError, catalog_type, discards_table};
+use super::loader::{
+    LoadStats, Loader, TableStatus, WarehouseError, catalog_type, discards_table, fresh_rows,
+    row_ids,
+};
 use super::schema::{Catalog, Cell, ColumnType, SchemaLoad};
 use super::sql::{self, Dialect, ident, qualified};
 use crate::ids::Offset;
 
 /// How long a load waits for another process to release the file before giving up this round.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// The connection's temporary tables of the load's event ids and of the users it touched.
+const BATCH_IDS: &str = "weir_batch_ids";
+const AFFECTED_USERS: &str = "weir_affected_users";
 
 pub struct DuckDb;
 
@@ -39,24 +55,140 @@ impl Dialect for DuckDb {
     }
 }
 
-/// Staging columns: timestamps travel as microseconds since the epoch (the appender takes plain
-/// integers), converted with `to_timestamp` on the way into the target.
-fn stage_type(ty: ColumnType) -> &'static str {
-    match ty {
-        ColumnType::Timestamp => "BIGINT",
-        other => DuckDb.type_name(other),
+/// `rows` (cells of `columns`' types, as the mapper makes them) as one Arrow batch, column by
+/// column: the appender takes it in vector-sized chunks, instead of a call and a type switch
+/// per value. Timestamps are microseconds in UTC (`TIMESTAMPTZ`).
+pub fn record_batch(
+    columns: &[(String, ColumnType)],
+    rows: &[&Vec<Cell>],
+) -> Result<RecordBatch, WarehouseError> {
+    let mut fields = Vec::with_capacity(columns.len());
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(columns.len());
+    for (at, (name, ty)) in columns.iter().enumerate() {
+        let cells = rows.iter().map(|row| row.get(at).unwrap_or(&Cell::Null));
+        let mismatch = |cell: &Cell| {
+            WarehouseError::Load(format!(
+                "column {name} of type {} was given {cell:?}",
+                ty.name()
+            ))
+        };
+        let array: ArrayRef = match ty {
+            ColumnType::Text => {
+                let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 16);
+                for cell in cells {
+                    match cell {
+                        Cell::Text(s) => b.append_value(s),
+                        Cell::Null => b.append_null(),
+                        other => return Err(mismatch(other)),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Int => {
+                let mut b = Int64Builder::with_capacity(rows.len());
+                for cell in cells {
+                    match cell {
+                        Cell::Int(i) => b.append_value(*i),
+                        Cell::Null => b.append_null(),
+                        other => return Err(mismatch(other)),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Float => {
+                let mut b = Float64Builder::with_capacity(rows.len());
+                for cell in cells {
+                    match cell {
+                        Cell::Float(f) => b.append_value(*f),
+                        Cell::Null => b.append_null(),
+                        other => return Err(mismatch(other)),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Bool => {
+                let mut b = BooleanBuilder::with_capacity(rows.len());
+                for cell in cells {
+                    match cell {
+                        Cell::Bool(v) => b.append_value(*v),
+                        Cell::Null => b.append_null(),
+                        other => return Err(mismatch(other)),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Timestamp => {
+                let mut b = TimestampMicrosecondBuilder::with_capacity(rows.len());
+                for cell in cells {
+                    match cell {
+                        Cell::Timestamp(t) => {
+                            b.append_value((t.unix_timestamp_nanos() / 1_000) as i64)
+                        }
+                        Cell::Null => b.append_null(),
+                        other => return Err(mismatch(other)),
+                    }
+                }
+                Arc::new(b.finish().with_timezone("UTC"))
+            }
+        };
+        fields.push(Field::new(name, array.data_type().clone(), true));
+        arrays.push(array);
     }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+        .map_err(|e| WarehouseError::Load(format!("cannot build the batch: {e}")))
 }
 
-fn value(cell: &Cell) -> Value {
-    match cell {
-        Cell::Null => Value::Null,
-        Cell::Bool(b) => Value::Boolean(*b),
-        Cell::Int(i) => Value::BigInt(*i),
-        Cell::Float(f) => Value::Double(*f),
-        Cell::Timestamp(t) => Value::BigInt((t.unix_timestamp_nanos() / 1_000) as i64),
-        Cell::Text(s) => Value::Text(s.clone()),
+/// Appends `rows` to the `columns` of `schema.table` (a `catalog` of `None` is the file's).
+pub fn append(
+    conn: &Connection,
+    catalog: Option<&str>,
+    schema: &str,
+    table: &str,
+    columns: &[(String, ColumnType)],
+    rows: &[&Vec<Cell>],
+) -> Result<u64, WarehouseError> {
+    if rows.is_empty() {
+        return Ok(0);
     }
+    let batch = record_batch(columns, rows)?;
+    let names: Vec<&str> = columns.iter().map(|(c, _)| c.as_str()).collect();
+    let mut app = match catalog {
+        Some(catalog) => {
+            conn.appender_with_columns_to_catalog_and_db(table, catalog, schema, &names)
+        }
+        None => conn.appender_with_columns_to_db(table, schema, &names),
+    }
+    .map_err(err)?;
+    app.append_record_batch(batch).map_err(err)?;
+    app.flush().map_err(err)?;
+    Ok(rows.len() as u64)
+}
+
+/// Fills the connection's temporary one-column table `name` with `ids`.
+fn temp_ids<'a>(
+    conn: &Connection,
+    name: &str,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<(), WarehouseError> {
+    conn.execute_batch(&format!(
+        "CREATE OR REPLACE TEMP TABLE {} (\"id\" VARCHAR)",
+        ident(name)
+    ))
+    .map_err(err)?;
+    let rows: Vec<Vec<Cell>> = ids
+        .into_iter()
+        .map(|id| vec![Cell::Text(id.to_owned())])
+        .collect();
+    let rows: Vec<&Vec<Cell>> = rows.iter().collect();
+    append(
+        conn,
+        Some("temp"),
+        "main",
+        name,
+        &[("id".into(), ColumnType::Text)],
+        &rows,
+    )
+    .map(drop)
 }
 
 fn err(e: duckdb::Error) -> WarehouseError {
@@ -105,112 +237,60 @@ impl DuckDbLoader {
     }
 }
 
-/// Creates `_weir.<name>` shaped like `columns` and appends `rows` to it.
-fn stage(
-    conn: &Connection,
-    name: &str,
-    columns: &[(String, ColumnType)],
-    rows: &[Vec<Cell>],
-) -> duckdb::Result<()> {
-    let defs: Vec<String> = columns
-        .iter()
-        .map(|(c, t)| format!("{} {}", ident(c), stage_type(*t)))
-        .collect();
-    conn.execute_batch(&format!(
-        "CREATE OR REPLACE TABLE _weir.{} ({})",
-        ident(name),
-        defs.join(", ")
+/// The ids of `batch_ids` (a temporary table) already in `target`. The batch's ids are the
+/// hash table; the target's `id` column is scanned once (tables have no index: see the module
+/// comment).
+fn present_ids(conn: &Connection, target: &str) -> duckdb::Result<HashSet<String>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT \"id\" FROM {target} WHERE \"id\" IN (SELECT \"id\" FROM temp.main.{BATCH_IDS})"
     ))?;
-    let mut app = conn.appender_to_db(name, "_weir")?;
-    for row in rows {
-        app.append_row(appender_params_from_iter(row.iter().map(value)))?;
-    }
-    app.flush()?;
-    Ok(())
+    let ids = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    ids.collect()
 }
 
-/// The select list turning staging columns into target columns.
-fn converted(columns: &[(String, ColumnType)]) -> String {
-    columns
-        .iter()
-        .map(|(c, t)| match t {
-            ColumnType::Timestamp => format!("to_timestamp(s.{q} / 1000000.0)", q = ident(c)),
-            _ => format!("s.{}", ident(c)),
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn load_schema(
-    conn: &Connection,
-    load: &SchemaLoad,
-    stage_n: &mut usize,
-) -> duckdb::Result<LoadStats> {
+fn load_schema(conn: &Connection, load: &SchemaLoad) -> Result<LoadStats, WarehouseError> {
     let mut stats = LoadStats::default();
     let schema = &load.schema;
-    conn.execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(schema)))?;
+    let run = |sql: &str| conn.execute_batch(sql).map_err(err);
+    run(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(schema)))?;
+    // Every table's ids are among the batch's event ids: one temporary table serves them all.
+    let mut batch_ids: HashSet<&str> = HashSet::new();
+    for (table, t) in &load.tables {
+        if table != "users" {
+            batch_ids.extend(row_ids(t));
+        }
+    }
+    temp_ids(conn, BATCH_IDS, batch_ids)?;
     for (table, t) in &load.tables {
         for stmt in sql::ddl(&DuckDb, schema, table, t) {
-            conn.execute_batch(&stmt)?;
+            run(&stmt)?;
         }
         if table == "users" || t.rows.is_empty() {
             continue;
         }
-        *stage_n += 1;
-        let name = format!("stage_{stage_n}");
-        stage(conn, &name, &t.columns, &t.rows)?;
-        let cols: Vec<String> = t.columns.iter().map(|(c, _)| ident(c)).collect();
         let target = qualified(schema, table);
-        let n = conn.execute(
-            &format!(
-                "INSERT INTO {target} ({cols}) SELECT {exprs} FROM \
-                 (SELECT *, row_number() OVER (PARTITION BY \"id\") AS _weir_rn FROM _weir.{stage}) s \
-                 WHERE s._weir_rn = 1 AND NOT EXISTS (SELECT 1 FROM {target} t WHERE t.\"id\" = s.\"id\")",
-                cols = cols.join(", "),
-                exprs = converted(&t.columns),
-                stage = ident(&name),
-            ),
-            [],
-        )? as u64;
-        conn.execute_batch(&format!("DROP TABLE _weir.{}", ident(&name)))?;
+        let present = present_ids(conn, &target).map_err(err)?;
+        let rows = fresh_rows(t, &present);
+        let n = append(conn, None, schema, table, &t.columns, &rows)?;
         stats.rows += n;
         stats.tables.push((table.clone(), n));
     }
     if !load.discards.is_empty() {
         let d = discards_table(load);
         for stmt in sql::ddl(&DuckDb, schema, "discards", &d) {
-            conn.execute_batch(&stmt)?;
+            run(&stmt)?;
         }
-        *stage_n += 1;
-        let name = format!("stage_{stage_n}");
-        stage(conn, &name, &d.columns, &d.rows)?;
-        let cols: Vec<String> = d.columns.iter().map(|(c, _)| ident(c)).collect();
-        conn.execute_batch(&format!(
-            "INSERT INTO {} ({}) SELECT {} FROM _weir.{} s; DROP TABLE _weir.{}",
-            qualified(schema, "discards"),
-            cols.join(", "),
-            converted(&d.columns),
-            ident(&name),
-            ident(&name)
-        ))?;
-        stats.discards += d.rows.len() as u64;
+        let rows: Vec<&Vec<Cell>> = d.rows.iter().collect();
+        stats.discards += append(conn, None, schema, "discards", &d.columns, &rows)?;
     }
     if let Some(users) = load.tables.get("users")
         && !load.users.is_empty()
     {
-        *stage_n += 1;
-        let name = format!("stage_{stage_n}");
-        let rows: Vec<Vec<Cell>> = load
-            .users
-            .iter()
-            .map(|u| vec![Cell::Text(u.clone())])
-            .collect();
-        stage(conn, &name, &[("id".into(), ColumnType::Text)], &rows)?;
-        let affected = format!("_weir.{}", ident(&name));
+        temp_ids(conn, AFFECTED_USERS, load.users.iter().map(String::as_str))?;
+        let affected = format!("temp.main.{AFFECTED_USERS}");
         for stmt in sql::recompute_users(schema, users, &affected, "now()") {
-            conn.execute_batch(&stmt)?;
+            run(&stmt)?;
         }
-        conn.execute_batch(&format!("DROP TABLE {affected}"))?;
     }
     Ok(stats)
 }
@@ -271,9 +351,8 @@ impl Loader for DuckDbLoader {
         bookkeeping(&conn).map_err(err)?;
         let tx = conn.transaction().map_err(err)?;
         let mut stats = LoadStats::default();
-        let mut stage_n = 0;
         for load in loads {
-            stats.merge(load_schema(&tx, load, &mut stage_n).map_err(err)?);
+            stats.merge(load_schema(&tx, load)?);
         }
         tx.execute(
             "DELETE FROM _weir.loads WHERE warehouse = ?",

@@ -5,6 +5,8 @@
 //! at any point leaves either all of it or none of it, so after a restart the loader resumes at
 //! the recorded offset and no row is lost or loaded twice.
 
+use std::collections::HashSet;
+
 use time::OffsetDateTime;
 
 use super::schema::{Catalog, Cell, ColumnType, SchemaLoad, TableLoad, reserved_columns};
@@ -93,10 +95,39 @@ pub fn discards_table(load: &SchemaLoad) -> TableLoad {
             ]
         })
         .collect();
-    TableLoad {
-        columns,
-        create: true,
-        add: Vec::new(),
-        rows,
+    let mut table = TableLoad::new(columns, true);
+    table.rows = rows;
+    table
+}
+
+/// The `id` of every row of `t` that has one (as text), in row order.
+pub fn row_ids(t: &TableLoad) -> Vec<&str> {
+    let Some(at) = t.columns.iter().position(|(c, _)| c == "id") else {
+        return Vec::new();
+    };
+    t.rows.iter().filter_map(|row| text_at(row, at)).collect()
+}
+
+/// The rows of `t` whose `id` is neither in `present` (already in the table) nor earlier in
+/// the batch: what `INSERT ... ON CONFLICT ("id") DO NOTHING` would insert. Rows without an
+/// id are kept, for the engine to accept or refuse.
+pub fn fresh_rows<'t>(t: &'t TableLoad, present: &HashSet<String>) -> Vec<&'t Vec<Cell>> {
+    let Some(at) = t.columns.iter().position(|(c, _)| c == "id") else {
+        return t.rows.iter().collect();
+    };
+    let mut seen: HashSet<&str> = HashSet::with_capacity(t.rows.len());
+    t.rows
+        .iter()
+        .filter(|row| match text_at(row, at) {
+            Some(id) => !present.contains(id) && seen.insert(id),
+            None => true,
+        })
+        .collect()
+}
+
+fn text_at(row: &[Cell], at: usize) -> Option<&str> {
+    match row.get(at) {
+        Some(Cell::Text(s)) => Some(s.as_str()),
+        _ => None,
     }
 }

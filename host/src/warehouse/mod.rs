@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use loader::{Loader, WarehouseError};
 use schema::{Caps, Catalog, Mapper, SchemaLoad};
 
@@ -340,13 +341,12 @@ impl WarehouseLoader {
 
     /// Runs the warehouse's filters; returns the events to load (as the filters left them) and
     /// the dead letters of the events a filter failed on.
-    fn filter<'r>(
-        &self,
-        records: Vec<&'r Record>,
-    ) -> (Vec<(&'r Record, Vec<u8>)>, Vec<DeadLetter>) {
-        let mut items: Vec<(&Record, Vec<u8>)> = records
+    fn filter<'r>(&self, records: Vec<&'r Record>) -> (Vec<(&'r Record, Bytes)>, Vec<DeadLetter>) {
+        // Shared, not copied: with no filter (the usual case) the payloads go to the mapper as
+        // the log read them.
+        let mut items: Vec<(&Record, Bytes)> = records
             .into_iter()
-            .map(|r| (r, r.payload.to_vec()))
+            .map(|r| (r, r.payload.clone()))
             .collect();
         let mut dead = Vec::new();
         let stage = self.spec.stage();
@@ -358,7 +358,7 @@ impl WarehouseLoader {
             let events: Vec<Event> = items
                 .iter()
                 .map(|(r, payload)| Event {
-                    payload: payload.clone(),
+                    payload: payload.to_vec(),
                     source: r.meta.source.as_str().to_owned(),
                     offset: r.offset.0,
                 })
@@ -383,7 +383,7 @@ impl WarehouseLoader {
                         count("keep");
                         match check_kept(&input, &payload) {
                             Ok(()) => {
-                                next.push((r, payload));
+                                next.push((r, Bytes::from(payload)));
                                 continue;
                             }
                             Err(e) => format!("{}: keep: {e}", version.plugin),
@@ -413,17 +413,17 @@ impl WarehouseLoader {
         (items, dead)
     }
 
-    fn map(&self, catalog: &mut Catalog, events: &[(&Record, Vec<u8>)]) -> Vec<SchemaLoad> {
+    fn map(&self, catalog: &mut Catalog, events: &[(&Record, Bytes)]) -> Vec<SchemaLoad> {
         let mut loads: BTreeMap<String, SchemaLoad> = BTreeMap::new();
-        let mut mapper = Mapper {
+        let mut mapper = Mapper::new(
             catalog,
-            caps: Caps {
+            Caps {
                 max_tables: self.spec.max_tables,
                 max_columns: self.spec.max_columns,
                 identifier_limit: self.spec.identifier_limit(),
             },
-            loaded_at: timestamp::now(),
-        };
+            timestamp::now(),
+        );
         for (r, payload) in events {
             let Ok(serde_json::Value::Object(event)) = serde_json::from_slice(payload) else {
                 continue;
@@ -433,7 +433,7 @@ impl WarehouseLoader {
                 schema,
                 ..SchemaLoad::default()
             });
-            mapper.add(load, &event);
+            mapper.add(load, event);
         }
         for load in loads.values_mut() {
             mapper.prepare_users(load);

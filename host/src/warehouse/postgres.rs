@@ -1,6 +1,6 @@
-//! PostgreSQL loader: per table, the rows whose `id` is not in the table yet (one indexed
-//! lookup of the batch's ids) go in with one binary COPY,
-//! and the loaded log offset is recorded — all in one transaction. `users` is recomputed from
+//! PostgreSQL loader: per table, the rows whose `id` is not in the table yet go in with one
+//! binary COPY (the primary key tells when some are: see `copy_new`), and the loaded log
+//! offset is recorded — all in one transaction. `users` is recomputed from
 //! `identifies` for the users the load touched.
 
 use std::collections::HashSet;
@@ -8,10 +8,13 @@ use std::error::Error;
 
 use bytes::BytesMut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls, Transaction};
 
-use super::loader::{LoadStats, Loader, WarehouseError, catalog_type, discards_table};
+use super::loader::{
+    LoadStats, Loader, WarehouseError, catalog_type, discards_table, fresh_rows, row_ids,
+};
 use super::schema::{Catalog, Cell, ColumnType, SchemaLoad};
 use super::sql::{self, Dialect, ident, qualified};
 use crate::ids::Offset;
@@ -152,41 +155,54 @@ async fn copy_rows<'r>(
     writer.finish().await
 }
 
-/// The rows of `t` whose `id` is neither in `table` yet nor earlier in the batch: what
-/// `INSERT ... ON CONFLICT ("id") DO NOTHING` would insert, found with one indexed lookup of
-/// the batch's ids.
+/// The rows of `t` not in `table` yet (`loader::fresh_rows`), found with one indexed lookup of
+/// the batch's ids. Even for a table this load creates: `CREATE TABLE IF NOT EXISTS` may have
+/// found one.
 async fn new_rows<'t>(
     tx: &Transaction<'_>,
     table: &str,
     t: &'t super::schema::TableLoad,
 ) -> Result<Vec<&'t Vec<Cell>>, tokio_postgres::Error> {
-    let Some(id_at) = t.columns.iter().position(|(c, _)| c == "id") else {
-        return Ok(t.rows.iter().collect());
-    };
-    let id = |row: &'t Vec<Cell>| match row.get(id_at) {
-        Some(Cell::Text(s)) => Some(s.as_str()),
-        _ => None,
-    };
-    // Even for a table this load creates: `CREATE TABLE IF NOT EXISTS` may have found one.
-    let ids: Vec<&str> = t.rows.iter().filter_map(id).collect();
-    let present: HashSet<String> = tx
-        .query(
+    let ids = row_ids(t);
+    let present: HashSet<String> = if ids.is_empty() {
+        HashSet::new()
+    } else {
+        tx.query(
             &format!("SELECT \"id\" FROM {table} WHERE \"id\" = ANY($1)"),
             &[&ids],
         )
         .await?
         .iter()
         .map(|r| r.get(0))
-        .collect();
-    let mut seen: HashSet<&str> = HashSet::with_capacity(t.rows.len());
-    Ok(t.rows
-        .iter()
-        .filter(|row| match id(row) {
-            Some(id) => !present.contains(id) && seen.insert(id),
-            // No id: the primary key refuses it; leave that to the database to say.
-            None => true,
-        })
-        .collect())
+        .collect()
+    };
+    Ok(fresh_rows(t, &present))
+}
+
+/// Copies the rows of `t` not in `table` yet. A row already there is rare: the gateway drops
+/// repeated messageIds within its window, and a load commits its log offset with its rows, so
+/// no batch is loaded twice. So the batch (less its own repeats) is copied as it is, and only
+/// when the primary key refuses it is the COPY undone, the batch's ids looked up and the rest
+/// copied: the common case costs the server no lookup.
+async fn copy_new(
+    tx: &Transaction<'_>,
+    table: &str,
+    t: &super::schema::TableLoad,
+) -> Result<u64, tokio_postgres::Error> {
+    let batch = fresh_rows(t, &HashSet::new());
+    tx.batch_execute("SAVEPOINT weir_copy").await?;
+    match copy_rows(tx, table, &t.columns, batch).await {
+        Ok(n) => {
+            tx.batch_execute("RELEASE SAVEPOINT weir_copy").await?;
+            Ok(n)
+        }
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT weir_copy").await?;
+            let rows = new_rows(tx, table, t).await?;
+            copy_rows(tx, table, &t.columns, rows).await
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Creates a staging table shaped like `columns`, fills it with COPY.
@@ -224,9 +240,7 @@ async fn load_schema(
         if table == "users" || t.rows.is_empty() {
             continue;
         }
-        let target = qualified(schema, table);
-        let rows = new_rows(tx, &target, t).await?;
-        let n = copy_rows(tx, &target, &t.columns, rows).await?;
+        let n = copy_new(tx, &qualified(schema, table), t).await?;
         stats.rows += n;
         stats.tables.push((table.clone(), n));
     }

@@ -267,6 +267,39 @@ pub struct TableLoad {
     pub add: Vec<(String, ColumnType)>,
     /// Rows, each with one cell per column in `columns`.
     pub rows: Vec<Vec<Cell>>,
+    /// `columns` by name, for the mapper's lookups (rebuilt if `columns` changed without it).
+    positions: HashMap<String, usize, foldhash::fast::FixedState>,
+}
+
+impl TableLoad {
+    pub fn new(columns: Vec<(String, ColumnType)>, create: bool) -> TableLoad {
+        TableLoad {
+            columns,
+            create,
+            ..TableLoad::default()
+        }
+    }
+
+    /// The position of column `name`.
+    fn position(&mut self, name: &str) -> Option<usize> {
+        if self.positions.len() != self.columns.len() {
+            self.positions = (self.columns.iter().enumerate())
+                .map(|(i, (c, _))| (c.clone(), i))
+                .collect();
+        }
+        self.positions.get(name).copied()
+    }
+
+    /// Adds a column, to the table or (for a table that exists) to what the load adds.
+    fn push_column(&mut self, name: String, ty: ColumnType) {
+        if !self.create {
+            self.add.push((name.clone(), ty));
+        }
+        if self.positions.len() == self.columns.len() {
+            self.positions.insert(name.clone(), self.columns.len());
+        }
+        self.columns.push((name, ty));
+    }
 }
 
 /// A value that did not fit.
@@ -298,9 +331,9 @@ struct Row {
     received_at: Option<OffsetDateTime>,
 }
 
-fn flatten_into(prefix: &str, v: &Map<String, Value>, out: &mut Vec<(String, Value)>) {
+fn flatten_into(prefix: &str, v: Map<String, Value>, out: &mut Vec<(String, Value)>) {
     for (k, v) in v {
-        let key = snake_case(k);
+        let key = snake_case(&k);
         if key.is_empty() {
             continue;
         }
@@ -316,28 +349,46 @@ fn flatten_into(prefix: &str, v: &Map<String, Value>, out: &mut Vec<(String, Val
         match v {
             Value::Object(inner) if !inner.is_empty() => flatten_into(&name, inner, out),
             Value::Null => {}
-            other => out.push((name, other.clone())),
+            other => out.push((name, other)),
         }
     }
 }
 
-fn str_field(e: &Map<String, Value>, k: &str) -> Option<Value> {
-    match e.get(k) {
-        Some(Value::String(s)) => Some(Value::String(s.clone())),
+/// Field `k` as a string (numbers as their text), taken out of the event.
+fn take_str(e: &mut Map<String, Value>, k: &str) -> Option<Value> {
+    match e.get_mut(k) {
+        Some(v @ Value::String(_)) => Some(v.take()),
         Some(Value::Number(n)) => Some(Value::String(n.to_string())),
         _ => None,
+    }
+}
+
+/// Field `k` as an object, taken out of the event (empty if it is not one).
+fn take_object(e: &mut Map<String, Value>, k: &str) -> Map<String, Value> {
+    match e.get_mut(k).map(Value::take) {
+        Some(Value::Object(o)) => o,
+        _ => Map::new(),
     }
 }
 
 /// Maps events onto tables and checks every value against the catalog, which it updates with
 /// the tables and columns this load creates.
 pub struct Mapper<'a> {
-    pub catalog: &'a mut Catalog,
-    pub caps: Caps,
-    pub loaded_at: OffsetDateTime,
+    catalog: &'a mut Catalog,
+    caps: Caps,
+    /// `uuid_ts` of every row: when this batch was mapped.
+    uuid_ts: String,
 }
 
-impl Mapper<'_> {
+impl<'a> Mapper<'a> {
+    pub fn new(catalog: &'a mut Catalog, caps: Caps, loaded_at: OffsetDateTime) -> Mapper<'a> {
+        Mapper {
+            catalog,
+            caps,
+            uuid_ts: timestamp::format(loaded_at),
+        }
+    }
+
     fn table_name(&self, event: &str) -> String {
         let mut name = snake_case(event);
         if name.is_empty() {
@@ -349,17 +400,20 @@ impl Mapper<'_> {
         fit_identifier(&name, self.caps.identifier_limit)
     }
 
-    fn rows_of(&self, e: &Map<String, Value>) -> Vec<Row> {
-        let id = str_field(e, "messageId")
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+    /// The rows of event `e`, its values moved out of it.
+    fn rows_of(&self, mut e: Map<String, Value>) -> Vec<Row> {
+        let id = match take_str(&mut e, "messageId") {
+            Some(Value::String(s)) => s,
+            _ => String::new(),
+        };
         let received_at = e
             .get("receivedAt")
             .and_then(Value::as_str)
             .and_then(timestamp::parse);
-        let mut common: Vec<(String, Value)> = vec![("id".into(), Value::String(id.clone()))];
+        let mut common: Vec<(String, Value)> = Vec::with_capacity(64);
+        common.push(("id".into(), Value::String(id.clone())));
         for (col, field) in [("anonymous_id", "anonymousId"), ("user_id", "userId")] {
-            if let Some(v) = str_field(e, field) {
+            if let Some(v) = take_str(&mut e, field) {
                 common.push((col.into(), v));
             }
         }
@@ -369,96 +423,116 @@ impl Mapper<'_> {
             ("timestamp", "timestamp"),
             ("original_timestamp", "originalTimestamp"),
         ] {
-            if let Some(v) = e.get(field).filter(|v| !v.is_null()) {
-                common.push((col.into(), v.clone()));
+            if let Some(v) = e.get_mut(field).map(Value::take).filter(|v| !v.is_null()) {
+                common.push((col.into(), v));
             }
         }
-        common.push((
-            "uuid_ts".into(),
-            Value::String(timestamp::format(self.loaded_at)),
-        ));
-        if let Some(Value::Object(ctx)) = e.get("context") {
-            flatten_into("context", ctx, &mut common);
-        }
-        let empty = Map::new();
-        let object = |k: &str| match e.get(k) {
-            Some(Value::Object(o)) => o,
-            _ => &empty,
-        };
-        let custom = |fields: &Map<String, Value>, prefix: &str, table: &str, is_event: bool| {
-            let mut flat = Vec::new();
+        common.push(("uuid_ts".into(), Value::String(self.uuid_ts.clone())));
+        flatten_into("context", take_object(&mut e, "context"), &mut common);
+        let custom = |fields: Map<String, Value>, prefix: &str, table: &str, is_event: bool| {
+            let mut flat = Vec::with_capacity(fields.len());
             flatten_into("", fields, &mut flat);
-            flat.into_iter()
-                .map(|(k, v)| {
-                    if is_reserved(table, is_event, &k) || k.starts_with("context_") {
-                        (format!("{prefix}_{k}"), v)
-                    } else {
-                        (k, v)
-                    }
-                })
-                .collect::<Vec<_>>()
+            for (k, _) in &mut flat {
+                if is_reserved(table, is_event, k) || k.starts_with("context_") {
+                    *k = format!("{prefix}_{k}");
+                }
+            }
+            flat
         };
-        let row = |table: &str, extra: Vec<(String, Value)>| Row {
-            table: table.to_owned(),
-            values: common.iter().cloned().chain(extra).collect(),
-            id: id.clone(),
-            received_at,
+        let row = |table: &str, mut values: Vec<(String, Value)>, extra| {
+            values.extend(extra);
+            Row {
+                table: table.to_owned(),
+                values,
+                id: id.clone(),
+                received_at,
+            }
         };
-        let ty = e.get("type").and_then(Value::as_str).unwrap_or_default();
-        match ty {
+        let ty = match e.get_mut("type").map(Value::take) {
+            Some(Value::String(t)) => t,
+            _ => String::new(),
+        };
+        match ty.as_str() {
             "track" => {
-                let event_text = e.get("event").and_then(Value::as_str).unwrap_or_default();
-                let table = self.table_name(event_text);
+                let event_text = match take_str(&mut e, "event") {
+                    Some(Value::String(s)) => s,
+                    _ => String::new(),
+                };
+                let table = self.table_name(&event_text);
                 let named = vec![
                     ("event".to_owned(), Value::String(table.clone())),
-                    (
-                        "event_text".to_owned(),
-                        Value::String(event_text.to_owned()),
-                    ),
+                    ("event_text".to_owned(), Value::String(event_text)),
                 ];
                 let mut event_row = named.clone();
-                event_row.extend(custom(object("properties"), "property", &table, true));
-                vec![row("tracks", named), row(&table, event_row)]
+                event_row.extend(custom(
+                    take_object(&mut e, "properties"),
+                    "property",
+                    &table,
+                    true,
+                ));
+                // The event's table gets the common values moved; `tracks` a copy.
+                vec![
+                    row("tracks", common.clone(), named),
+                    row(&table, common, event_row),
+                ]
             }
             "page" | "screen" => {
                 let table = if ty == "page" { "pages" } else { "screens" };
                 let mut extra = Vec::new();
-                if let Some(n) = str_field(e, "name") {
+                if let Some(n) = take_str(&mut e, "name") {
                     extra.push(("name".to_owned(), n));
                 }
-                extra.extend(custom(object("properties"), "property", table, false));
-                vec![row(table, extra)]
+                extra.extend(custom(
+                    take_object(&mut e, "properties"),
+                    "property",
+                    table,
+                    false,
+                ));
+                vec![row(table, common, extra)]
             }
-            "identify" => vec![row(
-                "identifies",
-                custom(object("traits"), "trait", "identifies", false),
-            )],
+            "identify" => {
+                let traits = custom(take_object(&mut e, "traits"), "trait", "identifies", false);
+                vec![row("identifies", common, traits)]
+            }
             "group" => {
                 let mut extra = Vec::new();
-                if let Some(g) = str_field(e, "groupId") {
+                if let Some(g) = take_str(&mut e, "groupId") {
                     extra.push(("group_id".to_owned(), g));
                 }
-                extra.extend(custom(object("traits"), "trait", "groups", false));
-                vec![row("groups", extra)]
+                extra.extend(custom(
+                    take_object(&mut e, "traits"),
+                    "trait",
+                    "groups",
+                    false,
+                ));
+                vec![row("groups", common, extra)]
             }
             "alias" => {
                 let mut extra = Vec::new();
-                if let Some(p) = str_field(e, "previousId") {
+                if let Some(p) = take_str(&mut e, "previousId") {
                     extra.push(("previous_id".to_owned(), p));
                 }
-                vec![row("aliases", extra)]
+                vec![row("aliases", common, extra)]
             }
             _ => Vec::new(),
         }
     }
 
-    /// Maps the events of one source into `load`.
-    pub fn add(&mut self, load: &mut SchemaLoad, event: &Map<String, Value>) {
+    /// Maps one event of the source into `load`.
+    pub fn add(&mut self, load: &mut SchemaLoad, event: Map<String, Value>) {
+        let identified = match (event.get("type"), event.get("userId")) {
+            (Some(Value::String(t)), Some(Value::String(user))) if t == "identify" => {
+                Some(user.clone())
+            }
+            (Some(Value::String(t)), Some(Value::Number(n))) if t == "identify" => {
+                Some(n.to_string())
+            }
+            _ => None,
+        };
         for row in self.rows_of(event) {
             self.place(load, row);
         }
-        if event.get("type").and_then(Value::as_str) == Some("identify")
-            && let Some(Value::String(user)) = str_field(event, "userId")
+        if let Some(user) = identified
             && !load.users.contains(&user)
         {
             load.users.push(user);
@@ -467,7 +541,14 @@ impl Mapper<'_> {
 
     fn place(&mut self, load: &mut SchemaLoad, row: Row) {
         let limit = self.caps.identifier_limit;
-        let schema = self.catalog.schemas.entry(load.schema.clone()).or_default();
+        if !self.catalog.schemas.contains_key(&load.schema) {
+            self.catalog
+                .schemas
+                .insert(load.schema.clone(), HashMap::new());
+        }
+        let Some(schema) = self.catalog.schemas.get_mut(&load.schema) else {
+            return;
+        };
         let is_event_table = !FIXED_TABLES.contains(&row.table.as_str());
         if !schema.contains_key(&row.table) && !load.tables.contains_key(&row.table) {
             let tables = schema.len();
@@ -490,18 +571,17 @@ impl Mapper<'_> {
             load.tables
                 .entry(row.table.clone())
                 .or_insert_with(|| match schema.get(&row.table) {
-                    Some(existing) => TableLoad {
-                        columns: existing.iter().map(|(c, t)| (c.clone(), *t)).collect(),
-                        ..TableLoad::default()
-                    },
-                    None => TableLoad {
-                        columns: reserved_columns(&row.table, is_event_table)
+                    Some(existing) => TableLoad::new(
+                        existing.iter().map(|(c, t)| (c.clone(), *t)).collect(),
+                        false,
+                    ),
+                    None => TableLoad::new(
+                        reserved_columns(&row.table, is_event_table)
                             .into_iter()
                             .map(|(c, t)| (c.to_owned(), t))
                             .collect(),
-                        create: true,
-                        ..TableLoad::default()
-                    },
+                        true,
+                    ),
                 });
         let mut cells: Vec<Cell> = vec![Cell::Null; table.columns.len()];
         for (name, value) in row.values {
@@ -510,8 +590,7 @@ impl Mapper<'_> {
             } else {
                 fit_identifier(&name, limit)
             };
-            let at = table.columns.iter().position(|(c, _)| *c == name);
-            let (index, ty) = match at {
+            let (index, ty) = match table.position(&name) {
                 Some(i) => (i, table.columns[i].1),
                 None => {
                     let Some(ty) = infer(&value) else { continue };
@@ -529,10 +608,7 @@ impl Mapper<'_> {
                         });
                         continue;
                     }
-                    table.columns.push((name.clone(), ty));
-                    if !table.create {
-                        table.add.push((name.clone(), ty));
-                    }
+                    table.push_column(name.clone(), ty);
                     for r in &mut table.rows {
                         r.push(Cell::Null);
                     }
@@ -553,10 +629,13 @@ impl Mapper<'_> {
             }
         }
         table.rows.push(cells);
-        // The catalog now knows the table as this load will leave it.
+        // The catalog now knows the table as this load will leave it. It holds the columns the
+        // table load started with, so it only lacks the ones added since.
         let known = schema.entry(row.table).or_default();
-        for (c, t) in &table.columns {
-            known.entry(c.clone()).or_insert(*t);
+        if known.len() < table.columns.len() {
+            for (c, t) in &table.columns {
+                known.entry(c.clone()).or_insert(*t);
+            }
         }
     }
 
@@ -575,27 +654,20 @@ impl Mapper<'_> {
             .collect();
         let existing = schema.get("users").cloned();
         let mut table = match &existing {
-            Some(cols) => TableLoad {
-                columns: cols.iter().map(|(c, t)| (c.clone(), *t)).collect(),
-                ..TableLoad::default()
-            },
-            None => TableLoad {
-                columns: reserved_columns("users", false)
+            Some(cols) => {
+                TableLoad::new(cols.iter().map(|(c, t)| (c.clone(), *t)).collect(), false)
+            }
+            None => TableLoad::new(
+                reserved_columns("users", false)
                     .into_iter()
                     .map(|(c, t)| (c.to_owned(), t))
                     .collect(),
-                create: true,
-                ..TableLoad::default()
-            },
+                true,
+            ),
         };
         for (c, t) in traits {
-            if !table.columns.iter().any(|(have, _)| *have == c)
-                && table.columns.len() < self.caps.max_columns
-            {
-                table.columns.push((c.clone(), t));
-                if !table.create {
-                    table.add.push((c, t));
-                }
+            if table.position(&c).is_none() && table.columns.len() < self.caps.max_columns {
+                table.push_column(c, t);
             }
         }
         let known = schema.entry("users".into()).or_default();
@@ -632,13 +704,9 @@ mod tests {
             schema: "web".into(),
             ..SchemaLoad::default()
         };
-        let mut m = Mapper {
-            catalog: &mut catalog,
-            caps: caps(),
-            loaded_at: timestamp::now(),
-        };
+        let mut m = Mapper::new(&mut catalog, caps(), timestamp::now());
         for e in events {
-            m.add(&mut load, e.as_object().unwrap());
+            m.add(&mut load, e.as_object().unwrap().clone());
         }
         m.prepare_users(&mut load);
         (load, catalog)
@@ -781,21 +849,23 @@ mod tests {
             schema: "web".into(),
             ..SchemaLoad::default()
         };
-        let mut m = Mapper {
-            catalog: &mut catalog,
-            caps: Caps {
+        let mut m = Mapper::new(
+            &mut catalog,
+            Caps {
                 max_tables: 2,
                 max_columns: 11,
                 identifier_limit: 63,
             },
-            loaded_at: timestamp::now(),
+            timestamp::now(),
+        );
+        let object = |v: Value| match v {
+            Value::Object(o) => o,
+            _ => unreachable!("an object literal"),
         };
-        m.add(&mut load, json!({"type": "track", "event": "A", "messageId": "a", "userId": "u", "properties": {"x": 1, "y": 2}}).as_object().unwrap());
+        m.add(&mut load, object(json!({"type": "track", "event": "A", "messageId": "a", "userId": "u", "properties": {"x": 1, "y": 2}})));
         m.add(
             &mut load,
-            json!({"type": "track", "event": "B", "messageId": "b", "userId": "u"})
-                .as_object()
-                .unwrap(),
+            object(json!({"type": "track", "event": "B", "messageId": "b", "userId": "u"})),
         );
         assert!(!load.tables.contains_key("b"), "over the table cap");
         assert!(
