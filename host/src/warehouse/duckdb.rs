@@ -1,7 +1,10 @@
-//! DuckDB loader: the embedded default. The file is opened per load and closed after, because a
-//! DuckDB file has one writer process at a time: between loads anyone can open it with `duckdb`
-//! or any DuckDB client. While someone else holds it, the loader waits (the events stay in the
-//! log).
+//! DuckDB loader: the embedded default. A DuckDB file has one writer process at a time, so the
+//! loader closes it whenever it has nothing more to load right away: between loads anyone can
+//! open it with `duckdb` or any DuckDB client. Loads that follow each other (a backlog) share
+//! one opening, for at most `MAX_HOLD`: closing checkpoints the file, which rewrites the last,
+//! partly filled row group of every table it touched, so closing after each of them would make
+//! a backfill quadratic. While someone else holds the file, the loader waits (the events stay in
+//! the log).
 //!
 //! Per table, the rows whose `id` is not there yet (one scan of the table's `id` column against
 //! the batch's ids, `loader::fresh_rows`) go in through the appender as Arrow batches, straight
@@ -32,6 +35,10 @@ use crate::ids::Offset;
 
 /// How long a load waits for another process to release the file before giving up this round.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// How long the loader keeps the file open while loads follow each other (a backlog): then it
+/// closes it and opens it again, so someone waiting for it gets a turn.
+const MAX_HOLD: Duration = Duration::from_secs(10);
 
 /// The connection's temporary tables of the load's event ids and of the users it touched.
 const BATCH_IDS: &str = "weir_batch_ids";
@@ -198,6 +205,8 @@ fn err(e: duckdb::Error) -> WarehouseError {
 pub struct DuckDbLoader {
     path: PathBuf,
     warehouse: String,
+    /// The open file while loads follow each other, and when it was opened.
+    held: Option<(Connection, Instant)>,
 }
 
 impl DuckDbLoader {
@@ -205,6 +214,31 @@ impl DuckDbLoader {
         DuckDbLoader {
             path,
             warehouse: warehouse.to_owned(),
+            held: None,
+        }
+    }
+
+    /// The open file: the one held since the last load if it was opened less than `MAX_HOLD`
+    /// ago, else the file opened anew (closing it first lets others in, if they wait).
+    fn connection(&mut self) -> Result<&mut Connection, WarehouseError> {
+        if self
+            .held
+            .as_ref()
+            .is_some_and(|(_, since)| since.elapsed() >= MAX_HOLD)
+        {
+            self.held = None;
+        }
+        if self.held.is_none() {
+            let conn = self.connect()?;
+            // The load is single-threaded work on small batches: DuckDB's worker threads only
+            // spin against the thread mapping the next batch on this machine's cores.
+            conn.execute_batch("SET threads = 1").map_err(err)?;
+            bookkeeping(&conn).map_err(err)?;
+            self.held = Some((conn, Instant::now()));
+        }
+        match &mut self.held {
+            Some((conn, _)) => Ok(conn),
+            None => Err(WarehouseError::Unavailable("no connection".into())),
         }
     }
 
@@ -304,8 +338,10 @@ fn bookkeeping(conn: &Connection) -> duckdb::Result<()> {
 
 impl Loader for DuckDbLoader {
     fn open(&mut self, schemas: &[String]) -> Result<(Catalog, Option<Offset>), WarehouseError> {
-        let conn = self.connect()?;
-        bookkeeping(&conn).map_err(err)?;
+        // A new session starts from what the file says: nothing held over from a failed one.
+        self.held = None;
+        let warehouse = self.warehouse.clone();
+        let conn = self.connection()?;
         let mut catalog = Catalog::default();
         let mut stmt = conn
             .prepare(
@@ -339,7 +375,7 @@ impl Loader for DuckDbLoader {
         let offset: Option<i64> = conn
             .query_row(
                 "SELECT max(next_offset) FROM _weir.loads WHERE warehouse = ?",
-                [&self.warehouse],
+                [&warehouse],
                 |r| r.get(0),
             )
             .map_err(err)?;
@@ -347,32 +383,39 @@ impl Loader for DuckDbLoader {
     }
 
     fn load(&mut self, loads: &[SchemaLoad], next: Offset) -> Result<LoadStats, WarehouseError> {
-        let mut conn = self.connect()?;
-        bookkeeping(&conn).map_err(err)?;
-        let tx = conn.transaction().map_err(err)?;
-        let mut stats = LoadStats::default();
-        for load in loads {
-            stats.merge(load_schema(&tx, load)?);
+        let warehouse = self.warehouse.clone();
+        let conn = self.connection()?;
+        let result = (|| {
+            let tx = conn.transaction().map_err(err)?;
+            let mut stats = LoadStats::default();
+            for load in loads {
+                stats.merge(load_schema(&tx, load)?);
+            }
+            tx.execute("DELETE FROM _weir.loads WHERE warehouse = ?", [&warehouse])
+                .map_err(err)?;
+            tx.execute(
+                "INSERT INTO _weir.loads VALUES (?, ?, now())",
+                duckdb::params![warehouse, next.0 as i64],
+            )
+            .map_err(err)?;
+            tx.commit().map_err(err)?;
+            Ok(stats)
+        })();
+        if result.is_err() {
+            self.held = None;
         }
-        tx.execute(
-            "DELETE FROM _weir.loads WHERE warehouse = ?",
-            [&self.warehouse],
-        )
-        .map_err(err)?;
-        tx.execute(
-            "INSERT INTO _weir.loads VALUES (?, ?, now())",
-            duckdb::params![self.warehouse, next.0 as i64],
-        )
-        .map_err(err)?;
-        tx.commit().map_err(err)?;
-        // Closing the connection releases the file for other processes.
-        drop(conn);
-        Ok(stats)
+        result
+    }
+
+    /// Closing the file (which checkpoints it) lets other processes open it until the next
+    /// load.
+    fn idle(&mut self) {
+        self.held = None;
     }
 
     fn status(&mut self, schemas: &[String]) -> Result<Vec<TableStatus>, WarehouseError> {
         let (catalog, _) = self.open(schemas)?;
-        let conn = self.connect()?;
+        let conn = self.connection()?;
         let mut out = Vec::new();
         for (schema, tables) in &catalog.schemas {
             for (table, cols) in tables {

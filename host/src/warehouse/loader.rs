@@ -60,6 +60,10 @@ pub trait Loader: Send {
 
     /// Rows and last load time of every table of `schemas`.
     fn status(&mut self, schemas: &[String]) -> Result<Vec<TableStatus>, WarehouseError>;
+
+    /// Nothing is ready to load: a moment to let go of what only the next load needs (DuckDB
+    /// closes its file so other processes can open it).
+    fn idle(&mut self) {}
 }
 
 /// The engine-neutral type of a column from `information_schema.columns.data_type`.

@@ -236,7 +236,18 @@ impl WarehouseLoader {
         rx: &std::sync::mpsc::Receiver<Result<Prepared, WarehouseError>>,
     ) -> Result<(), WarehouseError> {
         // The preparer stops (and the channel closes) when the router stops.
-        while let Ok(prepared) = rx.recv() {
+        loop {
+            let prepared = match rx.try_recv() {
+                Ok(p) => p,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    loader.idle();
+                    match rx.recv() {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    }
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+            };
             let Prepared {
                 loads,
                 next,

@@ -205,29 +205,9 @@ async fn copy_new(
     }
 }
 
-/// Creates a staging table shaped like `columns`, fills it with COPY.
-async fn stage(
-    tx: &Transaction<'_>,
-    name: &str,
-    columns: &[(String, ColumnType)],
-    rows: &[Vec<Cell>],
-) -> Result<(), tokio_postgres::Error> {
-    let defs: Vec<String> = columns
-        .iter()
-        .map(|(c, t)| format!("{} {}", ident(c), Postgres.type_name(*t)))
-        .collect();
-    tx.batch_execute(&format!(
-        "CREATE TEMP TABLE {name} ({}) ON COMMIT DROP",
-        defs.join(", ")
-    ))
-    .await?;
-    copy_rows(tx, name, columns, rows).await.map(drop)
-}
-
 async fn load_schema(
     tx: &Transaction<'_>,
     load: &SchemaLoad,
-    stage_n: &mut usize,
 ) -> Result<LoadStats, tokio_postgres::Error> {
     let mut stats = LoadStats::default();
     let schema = &load.schema;
@@ -255,16 +235,10 @@ async fn load_schema(
     if let Some(users) = load.tables.get("users")
         && !load.users.is_empty()
     {
-        *stage_n += 1;
-        let affected = ident(&format!("_weir_stage_{stage_n}"));
-        let rows: Vec<Vec<Cell>> = load
-            .users
-            .iter()
-            .map(|u| vec![Cell::Text(u.clone())])
-            .collect();
-        stage(tx, &affected, &[("id".into(), ColumnType::Text)], &rows).await?;
-        for stmt in sql::recompute_users(schema, users, &affected, "now()") {
-            tx.batch_execute(&stmt).await?;
+        // The users as an array parameter: a temporary table would cost a catalog entry per load.
+        let affected = "unnest($1::text[]) AS affected(id)";
+        for stmt in sql::recompute_users(schema, users, affected, "now()") {
+            tx.execute(&stmt, &[&load.users]).await?;
         }
     }
     Ok(stats)
@@ -328,9 +302,8 @@ impl Loader for PostgresLoader {
         let result = runtime.block_on(async move {
             let tx = client.transaction().await?;
             let mut stats = LoadStats::default();
-            let mut stage_n = 0;
             for load in loads {
-                let s = load_schema(&tx, load, &mut stage_n).await?;
+                let s = load_schema(&tx, load).await?;
                 stats.merge(s);
             }
             tx.execute(

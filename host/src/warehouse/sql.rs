@@ -54,8 +54,9 @@ pub fn ddl(d: &dyn Dialect, schema: &str, table: &str, t: &TableLoad) -> Vec<Str
     out
 }
 
-/// Rebuilds the `users` rows of the ids in `affected` (a one-column table of user ids) from
-/// `identifies`: per trait column, the latest non-null value by `timestamp`.
+/// Rebuilds the `users` rows of the ids in `affected` (a relation with an `id` column: a table,
+/// or a set-returning call with its alias) from `identifies`: per trait column, the latest
+/// non-null value by `timestamp`.
 pub fn recompute_users(schema: &str, users: &TableLoad, affected: &str, now: &str) -> Vec<String> {
     let users_t = qualified(schema, "users");
     let identifies = qualified(schema, "identifies");
