@@ -354,20 +354,72 @@ fn flatten_into(prefix: &str, v: Map<String, Value>, out: &mut Vec<(String, Valu
     }
 }
 
-/// Field `k` as a string (numbers as their text), taken out of the event.
-fn take_str(e: &mut Map<String, Value>, k: &str) -> Option<Value> {
-    match e.get_mut(k) {
-        Some(v @ Value::String(_)) => Some(v.take()),
-        Some(Value::Number(n)) => Some(Value::String(n.to_string())),
+/// A string field's value (a number as its text), or `None` for anything else.
+fn as_text(v: Value) -> Option<Value> {
+    match v {
+        Value::String(_) => Some(v),
+        Value::Number(n) => Some(Value::String(n.to_string())),
         _ => None,
     }
 }
 
-/// Field `k` as an object, taken out of the event (empty if it is not one).
-fn take_object(e: &mut Map<String, Value>, k: &str) -> Map<String, Value> {
-    match e.get_mut(k).map(Value::take) {
-        Some(Value::Object(o)) => o,
+fn as_object(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(o) => o,
         _ => Map::new(),
+    }
+}
+
+/// The top-level fields of an event the mapper reads, moved out of it in one pass (instead of
+/// a hashed lookup per field).
+#[derive(Default)]
+struct Fields {
+    kind: String,
+    message_id: Option<Value>,
+    anonymous_id: Option<Value>,
+    user_id: Option<Value>,
+    /// `receivedAt`, `sentAt`, `timestamp`, `originalTimestamp`.
+    times: [Option<Value>; 4],
+    context: Map<String, Value>,
+    properties: Map<String, Value>,
+    traits: Map<String, Value>,
+    event: Option<Value>,
+    name: Option<Value>,
+    group_id: Option<Value>,
+    previous_id: Option<Value>,
+}
+
+/// Where each time field goes, in `Fields::times` order.
+const TIME_COLUMNS: [&str; 4] = ["received_at", "sent_at", "timestamp", "original_timestamp"];
+
+impl Fields {
+    fn of(event: Map<String, Value>) -> Fields {
+        let mut f = Fields::default();
+        for (k, v) in event {
+            match k.as_str() {
+                "type" => {
+                    if let Value::String(t) = v {
+                        f.kind = t;
+                    }
+                }
+                "messageId" => f.message_id = as_text(v),
+                "anonymousId" => f.anonymous_id = as_text(v),
+                "userId" => f.user_id = as_text(v),
+                "receivedAt" => f.times[0] = Some(v),
+                "sentAt" => f.times[1] = Some(v),
+                "timestamp" => f.times[2] = Some(v),
+                "originalTimestamp" => f.times[3] = Some(v),
+                "context" => f.context = as_object(v),
+                "properties" => f.properties = as_object(v),
+                "traits" => f.traits = as_object(v),
+                "event" => f.event = as_text(v),
+                "name" => f.name = as_text(v),
+                "groupId" => f.group_id = as_text(v),
+                "previousId" => f.previous_id = as_text(v),
+                _ => {}
+            }
+        }
+        f
     }
 }
 
@@ -378,6 +430,8 @@ pub struct Mapper<'a> {
     caps: Caps,
     /// `uuid_ts` of every row: when this batch was mapped.
     uuid_ts: String,
+    /// Per schema, the users already in its load's `users` list.
+    identified: HashMap<String, HashSet<String>>,
 }
 
 impl<'a> Mapper<'a> {
@@ -386,6 +440,7 @@ impl<'a> Mapper<'a> {
             catalog,
             caps,
             uuid_ts: timestamp::format(loaded_at),
+            identified: HashMap::new(),
         }
     }
 
@@ -400,35 +455,30 @@ impl<'a> Mapper<'a> {
         fit_identifier(&name, self.caps.identifier_limit)
     }
 
-    /// The rows of event `e`, its values moved out of it.
-    fn rows_of(&self, mut e: Map<String, Value>) -> Vec<Row> {
-        let id = match take_str(&mut e, "messageId") {
+    /// The rows of an event, its values moved out of it.
+    fn rows_of(&self, f: Fields) -> Vec<Row> {
+        let id = match f.message_id {
             Some(Value::String(s)) => s,
             _ => String::new(),
         };
-        let received_at = e
-            .get("receivedAt")
+        let received_at = f.times[0]
+            .as_ref()
             .and_then(Value::as_str)
             .and_then(timestamp::parse);
         let mut common: Vec<(String, Value)> = Vec::with_capacity(64);
         common.push(("id".into(), Value::String(id.clone())));
-        for (col, field) in [("anonymous_id", "anonymousId"), ("user_id", "userId")] {
-            if let Some(v) = take_str(&mut e, field) {
+        for (col, v) in [("anonymous_id", f.anonymous_id), ("user_id", f.user_id)] {
+            if let Some(v) = v {
                 common.push((col.into(), v));
             }
         }
-        for (col, field) in [
-            ("received_at", "receivedAt"),
-            ("sent_at", "sentAt"),
-            ("timestamp", "timestamp"),
-            ("original_timestamp", "originalTimestamp"),
-        ] {
-            if let Some(v) = e.get_mut(field).map(Value::take).filter(|v| !v.is_null()) {
+        for (col, v) in TIME_COLUMNS.into_iter().zip(f.times) {
+            if let Some(v) = v.filter(|v| !v.is_null()) {
                 common.push((col.into(), v));
             }
         }
         common.push(("uuid_ts".into(), Value::String(self.uuid_ts.clone())));
-        flatten_into("context", take_object(&mut e, "context"), &mut common);
+        flatten_into("context", f.context, &mut common);
         let custom = |fields: Map<String, Value>, prefix: &str, table: &str, is_event: bool| {
             let mut flat = Vec::with_capacity(fields.len());
             flatten_into("", fields, &mut flat);
@@ -448,13 +498,9 @@ impl<'a> Mapper<'a> {
                 received_at,
             }
         };
-        let ty = match e.get_mut("type").map(Value::take) {
-            Some(Value::String(t)) => t,
-            _ => String::new(),
-        };
-        match ty.as_str() {
+        match f.kind.as_str() {
             "track" => {
-                let event_text = match take_str(&mut e, "event") {
+                let event_text = match f.event {
                     Some(Value::String(s)) => s,
                     _ => String::new(),
                 };
@@ -464,52 +510,37 @@ impl<'a> Mapper<'a> {
                     ("event_text".to_owned(), Value::String(event_text)),
                 ];
                 let mut event_row = named.clone();
-                event_row.extend(custom(
-                    take_object(&mut e, "properties"),
-                    "property",
-                    &table,
-                    true,
-                ));
+                event_row.extend(custom(f.properties, "property", &table, true));
                 // The event's table gets the common values moved; `tracks` a copy.
                 vec![
                     row("tracks", common.clone(), named),
                     row(&table, common, event_row),
                 ]
             }
-            "page" | "screen" => {
-                let table = if ty == "page" { "pages" } else { "screens" };
+            kind @ ("page" | "screen") => {
+                let table = if kind == "page" { "pages" } else { "screens" };
                 let mut extra = Vec::new();
-                if let Some(n) = take_str(&mut e, "name") {
+                if let Some(n) = f.name {
                     extra.push(("name".to_owned(), n));
                 }
-                extra.extend(custom(
-                    take_object(&mut e, "properties"),
-                    "property",
-                    table,
-                    false,
-                ));
+                extra.extend(custom(f.properties, "property", table, false));
                 vec![row(table, common, extra)]
             }
             "identify" => {
-                let traits = custom(take_object(&mut e, "traits"), "trait", "identifies", false);
+                let traits = custom(f.traits, "trait", "identifies", false);
                 vec![row("identifies", common, traits)]
             }
             "group" => {
                 let mut extra = Vec::new();
-                if let Some(g) = take_str(&mut e, "groupId") {
+                if let Some(g) = f.group_id {
                     extra.push(("group_id".to_owned(), g));
                 }
-                extra.extend(custom(
-                    take_object(&mut e, "traits"),
-                    "trait",
-                    "groups",
-                    false,
-                ));
+                extra.extend(custom(f.traits, "trait", "groups", false));
                 vec![row("groups", common, extra)]
             }
             "alias" => {
                 let mut extra = Vec::new();
-                if let Some(p) = take_str(&mut e, "previousId") {
+                if let Some(p) = f.previous_id {
                     extra.push(("previous_id".to_owned(), p));
                 }
                 vec![row("aliases", common, extra)]
@@ -520,22 +551,20 @@ impl<'a> Mapper<'a> {
 
     /// Maps one event of the source into `load`.
     pub fn add(&mut self, load: &mut SchemaLoad, event: Map<String, Value>) {
-        let identified = match (event.get("type"), event.get("userId")) {
-            (Some(Value::String(t)), Some(Value::String(user))) if t == "identify" => {
-                Some(user.clone())
-            }
-            (Some(Value::String(t)), Some(Value::Number(n))) if t == "identify" => {
-                Some(n.to_string())
-            }
+        let f = Fields::of(event);
+        let identified = match (&f.kind[..], &f.user_id) {
+            ("identify", Some(Value::String(user))) => Some(user.clone()),
             _ => None,
         };
-        for row in self.rows_of(event) {
+        for row in self.rows_of(f) {
             self.place(load, row);
         }
-        if let Some(user) = identified
-            && !load.users.contains(&user)
-        {
-            load.users.push(user);
+        if let Some(user) = identified {
+            let seen = self.identified.entry(load.schema.clone()).or_default();
+            if !seen.contains(&user) {
+                seen.insert(user.clone());
+                load.users.push(user);
+            }
         }
     }
 
