@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 
 use duckdb::Connection;
 use duckdb::arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
-    TimestampMicrosecondBuilder,
+    ArrayRef, BooleanBuilder, PrimitiveArray, PrimitiveBuilder, StringBuilder,
 };
-use duckdb::arrow::datatypes::{Field, Schema};
+use duckdb::arrow::datatypes::{
+    ArrowPrimitiveType, Field, Float64Type, Int64Type, Schema, TimestampMicrosecondType,
+};
 use duckdb::arrow::record_batch::RecordBatch;
 use time::OffsetDateTime;
 
@@ -73,76 +74,93 @@ pub fn record_batch(
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(columns.len());
     for (at, (name, ty)) in columns.iter().enumerate() {
         let cells = rows.iter().map(|row| row.get(at).unwrap_or(&Cell::Null));
-        let mismatch = |cell: &Cell| {
+        let n = rows.len();
+        let array: Result<ArrayRef, &Cell> = match ty {
+            ColumnType::Text => {
+                let mut b = StringBuilder::with_capacity(n, n * 16);
+                fill(cells, |cell| {
+                    match cell {
+                        Cell::Text(s) => b.append_value(s),
+                        Cell::Null => b.append_null(),
+                        _ => return false,
+                    }
+                    true
+                })
+                .map(|()| Arc::new(b.finish()) as ArrayRef)
+            }
+            ColumnType::Bool => {
+                let mut b = BooleanBuilder::with_capacity(n);
+                fill(cells, |cell| {
+                    match cell {
+                        Cell::Bool(v) => b.append_value(*v),
+                        Cell::Null => b.append_null(),
+                        _ => return false,
+                    }
+                    true
+                })
+                .map(|()| Arc::new(b.finish()) as ArrayRef)
+            }
+            ColumnType::Int => primitive::<Int64Type>(cells, n, |cell| match cell {
+                Cell::Int(i) => Some(*i),
+                _ => None,
+            })
+            .map(|a| Arc::new(a) as ArrayRef),
+            ColumnType::Float => primitive::<Float64Type>(cells, n, |cell| match cell {
+                Cell::Float(f) => Some(*f),
+                _ => None,
+            })
+            .map(|a| Arc::new(a) as ArrayRef),
+            ColumnType::Timestamp => {
+                primitive::<TimestampMicrosecondType>(cells, n, |cell| match cell {
+                    Cell::Timestamp(t) => Some((t.unix_timestamp_nanos() / 1_000) as i64),
+                    _ => None,
+                })
+                .map(|a| Arc::new(a.with_timezone("UTC")) as ArrayRef)
+            }
+        };
+        let array = array.map_err(|cell| {
             WarehouseError::Load(format!(
                 "column {name} of type {} was given {cell:?}",
                 ty.name()
             ))
-        };
-        let array: ArrayRef = match ty {
-            ColumnType::Text => {
-                let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 16);
-                for cell in cells {
-                    match cell {
-                        Cell::Text(s) => b.append_value(s),
-                        Cell::Null => b.append_null(),
-                        other => return Err(mismatch(other)),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            ColumnType::Int => {
-                let mut b = Int64Builder::with_capacity(rows.len());
-                for cell in cells {
-                    match cell {
-                        Cell::Int(i) => b.append_value(*i),
-                        Cell::Null => b.append_null(),
-                        other => return Err(mismatch(other)),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            ColumnType::Float => {
-                let mut b = Float64Builder::with_capacity(rows.len());
-                for cell in cells {
-                    match cell {
-                        Cell::Float(f) => b.append_value(*f),
-                        Cell::Null => b.append_null(),
-                        other => return Err(mismatch(other)),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            ColumnType::Bool => {
-                let mut b = BooleanBuilder::with_capacity(rows.len());
-                for cell in cells {
-                    match cell {
-                        Cell::Bool(v) => b.append_value(*v),
-                        Cell::Null => b.append_null(),
-                        other => return Err(mismatch(other)),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            ColumnType::Timestamp => {
-                let mut b = TimestampMicrosecondBuilder::with_capacity(rows.len());
-                for cell in cells {
-                    match cell {
-                        Cell::Timestamp(t) => {
-                            b.append_value((t.unix_timestamp_nanos() / 1_000) as i64)
-                        }
-                        Cell::Null => b.append_null(),
-                        other => return Err(mismatch(other)),
-                    }
-                }
-                Arc::new(b.finish().with_timezone("UTC"))
-            }
-        };
+        })?;
         fields.push(Field::new(name, array.data_type().clone(), true));
         arrays.push(array);
     }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
         .map_err(|e| WarehouseError::Load(format!("cannot build the batch: {e}")))
+}
+
+/// Feeds each cell to `put`, which appends it or says `false` when it is not of the column's
+/// type; the first such cell is the error.
+fn fill<'c>(
+    cells: impl Iterator<Item = &'c Cell>,
+    mut put: impl FnMut(&Cell) -> bool,
+) -> Result<(), &'c Cell> {
+    for cell in cells {
+        if !put(cell) {
+            return Err(cell);
+        }
+    }
+    Ok(())
+}
+
+/// A column of fixed-width values (`value` gives a cell's, `None` if it is not of the type).
+fn primitive<'c, T: ArrowPrimitiveType>(
+    cells: impl Iterator<Item = &'c Cell>,
+    n: usize,
+    value: impl Fn(&Cell) -> Option<T::Native>,
+) -> Result<PrimitiveArray<T>, &'c Cell> {
+    let mut b = PrimitiveBuilder::<T>::with_capacity(n);
+    fill(cells, |cell| {
+        match (cell, value(cell)) {
+            (_, Some(v)) => b.append_value(v),
+            (Cell::Null, None) => b.append_null(),
+            _ => return false,
+        }
+        true
+    })?;
+    Ok(b.finish())
 }
 
 /// Appends `rows` to the `columns` of `schema.table` (a `catalog` of `None` is the file's).

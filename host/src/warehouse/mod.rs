@@ -236,18 +236,7 @@ impl WarehouseLoader {
         rx: &std::sync::mpsc::Receiver<Result<Prepared, WarehouseError>>,
     ) -> Result<(), WarehouseError> {
         // The preparer stops (and the channel closes) when the router stops.
-        loop {
-            let prepared = match rx.try_recv() {
-                Ok(p) => p,
-                Err(std::sync::mpsc::TryRecvError::Empty) => {
-                    loader.idle();
-                    match rx.recv() {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    }
-                }
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
-            };
+        while let Some(prepared) = next_prepared(rx, loader) {
             let Prepared {
                 loads,
                 next,
@@ -450,6 +439,22 @@ impl WarehouseLoader {
             mapper.prepare_users(load);
         }
         loads.into_values().collect()
+    }
+}
+
+/// The next prepared batch, `None` once the preparer has stopped. When none is waiting, the
+/// loader idles first (DuckDB lets go of its file until the batch comes).
+fn next_prepared(
+    rx: &std::sync::mpsc::Receiver<Result<Prepared, WarehouseError>>,
+    loader: &mut dyn Loader,
+) -> Option<Result<Prepared, WarehouseError>> {
+    match rx.try_recv() {
+        Ok(prepared) => Some(prepared),
+        Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
+        Err(std::sync::mpsc::TryRecvError::Empty) => {
+            loader.idle();
+            rx.recv().ok()
+        }
     }
 }
 
