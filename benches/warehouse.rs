@@ -1448,7 +1448,7 @@ fn print_summary(results: &[EngineResult], load_before: &str, load_after: &str) 
         );
     }
     println!(
-        "  (parse+map and load: shares of the by-phase run; load includes staging, dedupe, users, offset, commit)"
+        "  (parse+map and load: shares of the by-phase run; load includes dedupe, users, offset, commit)"
     );
     println!("  load average: {load_before} at start, {load_after} at end");
 }
