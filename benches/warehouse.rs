@@ -49,7 +49,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use serde_json::{Map, Value};
+use weir::warehouse::json::{Json, Object};
 
 use weir::ids::{ConsumerId, Offset, SourceId};
 use weir::log::storage::FsStorage;
@@ -528,25 +528,21 @@ fn next_batch(reader: &mut LogReader) -> anyhow::Result<(Vec<Record>, Offset)> {
     Ok((records, reader.position()))
 }
 
-/// The events of the source as `WarehouseLoader::map` parses them (serde_json, objects only).
-fn parse(records: &[Record]) -> Vec<(&Record, Map<String, Value>)> {
+/// The events of the source as `WarehouseLoader::map` parses them (objects only).
+fn parse(records: &[Record]) -> Vec<(&Record, Object<'_>)> {
     let source = SourceId::new(SOURCE);
     records
         .iter()
         .filter(|r| r.meta.kind == RecordKind::Event && r.meta.source == source)
-        .filter_map(|r| match serde_json::from_slice(&r.payload) {
-            Ok(Value::Object(event)) => Some((r, event)),
+        .filter_map(|r| match Json::parse(&r.payload) {
+            Ok(Json::Object(event)) => Some((r, event)),
             _ => None,
         })
         .collect()
 }
 
 /// `WarehouseLoader::map` after the parse.
-fn map(
-    kind: Kind,
-    catalog: &mut Catalog,
-    events: Vec<(&Record, Map<String, Value>)>,
-) -> Vec<SchemaLoad> {
+fn map(kind: Kind, catalog: &mut Catalog, events: Vec<(&Record, Object<'_>)>) -> Vec<SchemaLoad> {
     let mut loads: BTreeMap<String, SchemaLoad> = BTreeMap::new();
     let mut mapper = Mapper::new(
         catalog,

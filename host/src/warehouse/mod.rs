@@ -8,6 +8,7 @@
 //! loader wait and retry with backoff; the events wait in the log.
 
 pub mod duckdb;
+pub mod json;
 pub mod loader;
 pub mod postgres;
 pub mod schema;
@@ -425,7 +426,7 @@ impl WarehouseLoader {
             timestamp::now(),
         );
         for (r, payload) in events {
-            let Ok(serde_json::Value::Object(event)) = serde_json::from_slice(payload) else {
+            let Ok(json::Json::Object(event)) = json::Json::parse(payload) else {
                 continue;
             };
             let schema = schema_name(&r.meta.source);

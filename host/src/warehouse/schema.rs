@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use serde_json::{Map, Value};
+use super::json::{Json, Object};
 use time::OffsetDateTime;
 
 use crate::timestamp;
@@ -58,14 +58,14 @@ pub enum Cell {
 }
 
 /// The type a first value gives a new column.
-fn infer(v: &Value) -> Option<ColumnType> {
+fn infer(v: &Json) -> Option<ColumnType> {
     Some(match v {
-        Value::Null => return None,
-        Value::Bool(_) => ColumnType::Bool,
-        Value::Number(n) if n.is_i64() => ColumnType::Int,
-        Value::Number(_) => ColumnType::Float,
-        Value::String(s) if looks_like_timestamp(s) => ColumnType::Timestamp,
-        Value::String(_) | Value::Array(_) | Value::Object(_) => ColumnType::Text,
+        Json::Null => return None,
+        Json::Bool(_) => ColumnType::Bool,
+        Json::Number(n) if n.is_i64() => ColumnType::Int,
+        Json::Number(_) => ColumnType::Float,
+        Json::String(s) if looks_like_timestamp(s) => ColumnType::Timestamp,
+        Json::String(_) | Json::Array(_) | Json::Object(_) => ColumnType::Text,
     })
 }
 
@@ -79,30 +79,31 @@ fn looks_like_timestamp(s: &str) -> bool {
 }
 
 /// `v` as a `ty` cell, or why it does not fit (with the value back, for the discard).
-fn fit(v: Value, ty: ColumnType) -> Result<Cell, (String, Value)> {
+fn fit(v: Json<'_>, ty: ColumnType) -> Result<Cell, (String, Json<'_>)> {
     match (ty, v) {
-        // Moved, not copied: most cells are text.
-        (ColumnType::Text, Value::String(s)) => Ok(Cell::Text(s)),
+        // Text (most cells) and JSON-as-text are made once, from the value itself.
+        (ColumnType::Text, v @ (Json::String(_) | Json::Array(_) | Json::Object(_))) => {
+            Ok(Cell::Text(v.into_text()))
+        }
         (ty, v) => fit_ref(&v, ty).map_err(|reason| (reason, v)),
     }
 }
 
-fn fit_ref(v: &Value, ty: ColumnType) -> Result<Cell, String> {
+fn fit_ref(v: &Json, ty: ColumnType) -> Result<Cell, String> {
     match (ty, v) {
-        (_, Value::Null) => Ok(Cell::Null),
-        (ColumnType::Bool, Value::Bool(b)) => Ok(Cell::Bool(*b)),
-        (ColumnType::Int, Value::Number(n)) if n.is_i64() => {
+        (_, Json::Null) => Ok(Cell::Null),
+        (ColumnType::Bool, Json::Bool(b)) => Ok(Cell::Bool(*b)),
+        (ColumnType::Int, Json::Number(n)) if n.is_i64() => {
             Ok(Cell::Int(n.as_i64().unwrap_or_default()))
         }
-        (ColumnType::Float, Value::Number(n)) => n
+        (ColumnType::Float, Json::Number(n)) => n
             .as_f64()
             .map(Cell::Float)
             .ok_or_else(|| "not a finite number".to_string()),
-        (ColumnType::Timestamp, Value::String(s)) => timestamp::parse(s)
+        (ColumnType::Timestamp, Json::String(s)) => timestamp::parse(s)
             .map(Cell::Timestamp)
             .ok_or_else(|| format!("`{s}` is not an ISO-8601 date-time")),
-        (ColumnType::Text, Value::String(s)) => Ok(Cell::Text(s.clone())),
-        (ColumnType::Text, other) => Ok(Cell::Text(other.to_string())),
+        (ColumnType::Text, other) => Ok(Cell::Text(other.clone().into_text())),
         (ty, other) => Err(format!(
             "a {} does not fit the column's type {}",
             kind_of(other),
@@ -111,15 +112,15 @@ fn fit_ref(v: &Value, ty: ColumnType) -> Result<Cell, String> {
     }
 }
 
-fn kind_of(v: &Value) -> &'static str {
+fn kind_of(v: &Json) -> &'static str {
     match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(n) if n.is_i64() => "integer",
-        Value::Number(_) => "decimal number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
+        Json::Null => "null",
+        Json::Bool(_) => "boolean",
+        Json::Number(n) if n.is_i64() => "integer",
+        Json::Number(_) => "decimal number",
+        Json::String(_) => "string",
+        Json::Array(_) => "array",
+        Json::Object(_) => "object",
     }
 }
 
@@ -324,14 +325,14 @@ pub struct SchemaLoad {
 }
 
 /// An event flattened into columns, before types are checked.
-struct Row {
+struct Row<'a> {
     table: String,
-    values: Vec<(String, Value)>,
+    values: Vec<(String, Json<'a>)>,
     id: String,
     received_at: Option<OffsetDateTime>,
 }
 
-fn flatten_into(prefix: &str, v: Map<String, Value>, out: &mut Vec<(String, Value)>) {
+fn flatten_into<'a>(prefix: &str, v: Object<'a>, out: &mut Vec<(String, Json<'a>)>) {
     for (k, v) in v {
         let key = snake_case(&k);
         if key.is_empty() {
@@ -347,59 +348,59 @@ fn flatten_into(prefix: &str, v: Map<String, Value>, out: &mut Vec<(String, Valu
             name
         };
         match v {
-            Value::Object(inner) if !inner.is_empty() => flatten_into(&name, inner, out),
-            Value::Null => {}
+            Json::Object(inner) if !inner.is_empty() => flatten_into(&name, inner, out),
+            Json::Null => {}
             other => out.push((name, other)),
         }
     }
 }
 
 /// A string field's value (a number as its text), or `None` for anything else.
-fn as_text(v: Value) -> Option<Value> {
+fn as_text(v: Json<'_>) -> Option<Json<'_>> {
     match v {
-        Value::String(_) => Some(v),
-        Value::Number(n) => Some(Value::String(n.to_string())),
+        Json::String(_) => Some(v),
+        Json::Number(n) => Some(Json::string(n.to_string())),
         _ => None,
     }
 }
 
-fn as_object(v: Value) -> Map<String, Value> {
+fn as_object(v: Json<'_>) -> Object<'_> {
     match v {
-        Value::Object(o) => o,
-        _ => Map::new(),
+        Json::Object(o) => o,
+        _ => Object::new(),
     }
 }
 
 /// The top-level fields of an event the mapper reads, moved out of it in one pass (instead of
 /// a hashed lookup per field).
 #[derive(Default)]
-struct Fields {
+struct Fields<'a> {
     kind: String,
-    message_id: Option<Value>,
-    anonymous_id: Option<Value>,
-    user_id: Option<Value>,
+    message_id: Option<Json<'a>>,
+    anonymous_id: Option<Json<'a>>,
+    user_id: Option<Json<'a>>,
     /// `receivedAt`, `sentAt`, `timestamp`, `originalTimestamp`.
-    times: [Option<Value>; 4],
-    context: Map<String, Value>,
-    properties: Map<String, Value>,
-    traits: Map<String, Value>,
-    event: Option<Value>,
-    name: Option<Value>,
-    group_id: Option<Value>,
-    previous_id: Option<Value>,
+    times: [Option<Json<'a>>; 4],
+    context: Object<'a>,
+    properties: Object<'a>,
+    traits: Object<'a>,
+    event: Option<Json<'a>>,
+    name: Option<Json<'a>>,
+    group_id: Option<Json<'a>>,
+    previous_id: Option<Json<'a>>,
 }
 
 /// Where each time field goes, in `Fields::times` order.
 const TIME_COLUMNS: [&str; 4] = ["received_at", "sent_at", "timestamp", "original_timestamp"];
 
-impl Fields {
-    fn of(event: Map<String, Value>) -> Fields {
+impl<'a> Fields<'a> {
+    fn of(event: Object<'a>) -> Fields<'a> {
         let mut f = Fields::default();
         for (k, v) in event {
-            match k.as_str() {
+            match k.as_ref() {
                 "type" => {
-                    if let Value::String(t) = v {
-                        f.kind = t;
+                    if let Json::String(t) = v {
+                        f.kind = t.into_owned();
                     }
                 }
                 "messageId" => f.message_id = as_text(v),
@@ -456,17 +457,17 @@ impl<'a> Mapper<'a> {
     }
 
     /// The rows of an event, its values moved out of it.
-    fn rows_of(&self, f: Fields) -> Vec<Row> {
+    fn rows_of<'e>(&self, f: Fields<'e>) -> Vec<Row<'e>> {
         let id = match f.message_id {
-            Some(Value::String(s)) => s,
+            Some(Json::String(s)) => s.into_owned(),
             _ => String::new(),
         };
         let received_at = f.times[0]
             .as_ref()
-            .and_then(Value::as_str)
+            .and_then(Json::as_str)
             .and_then(timestamp::parse);
-        let mut common: Vec<(String, Value)> = Vec::with_capacity(64);
-        common.push(("id".into(), Value::String(id.clone())));
+        let mut common: Vec<(String, Json<'e>)> = Vec::with_capacity(64);
+        common.push(("id".into(), Json::string(id.clone())));
         for (col, v) in [("anonymous_id", f.anonymous_id), ("user_id", f.user_id)] {
             if let Some(v) = v {
                 common.push((col.into(), v));
@@ -477,9 +478,9 @@ impl<'a> Mapper<'a> {
                 common.push((col.into(), v));
             }
         }
-        common.push(("uuid_ts".into(), Value::String(self.uuid_ts.clone())));
+        common.push(("uuid_ts".into(), Json::string(self.uuid_ts.clone())));
         flatten_into("context", f.context, &mut common);
-        let custom = |fields: Map<String, Value>, prefix: &str, table: &str, is_event: bool| {
+        let custom = |fields: Object<'e>, prefix: &str, table: &str, is_event: bool| {
             let mut flat = Vec::with_capacity(fields.len());
             flatten_into("", fields, &mut flat);
             for (k, _) in &mut flat {
@@ -489,7 +490,7 @@ impl<'a> Mapper<'a> {
             }
             flat
         };
-        let row = |table: &str, mut values: Vec<(String, Value)>, extra| {
+        let row = |table: &str, mut values: Vec<(String, Json<'e>)>, extra| {
             values.extend(extra);
             Row {
                 table: table.to_owned(),
@@ -501,13 +502,13 @@ impl<'a> Mapper<'a> {
         match f.kind.as_str() {
             "track" => {
                 let event_text = match f.event {
-                    Some(Value::String(s)) => s,
-                    _ => String::new(),
+                    Some(Json::String(s)) => s,
+                    _ => Default::default(),
                 };
                 let table = self.table_name(&event_text);
                 let named = vec![
-                    ("event".to_owned(), Value::String(table.clone())),
-                    ("event_text".to_owned(), Value::String(event_text)),
+                    ("event".to_owned(), Json::string(table.clone())),
+                    ("event_text".to_owned(), Json::String(event_text)),
                 ];
                 let mut event_row = named.clone();
                 event_row.extend(custom(f.properties, "property", &table, true));
@@ -550,10 +551,10 @@ impl<'a> Mapper<'a> {
     }
 
     /// Maps one event of the source into `load`.
-    pub fn add(&mut self, load: &mut SchemaLoad, event: Map<String, Value>) {
+    pub fn add(&mut self, load: &mut SchemaLoad, event: Object<'_>) {
         let f = Fields::of(event);
         let identified = match (&f.kind[..], &f.user_id) {
-            ("identify", Some(Value::String(user))) => Some(user.clone()),
+            ("identify", Some(Json::String(user))) => Some(user.clone().into_owned()),
             _ => None,
         };
         for row in self.rows_of(f) {
@@ -568,7 +569,7 @@ impl<'a> Mapper<'a> {
         }
     }
 
-    fn place(&mut self, load: &mut SchemaLoad, row: Row) {
+    fn place(&mut self, load: &mut SchemaLoad, row: Row<'_>) {
         let limit = self.caps.identifier_limit;
         if !self.catalog.schemas.contains_key(&load.schema) {
             self.catalog
@@ -627,7 +628,7 @@ impl<'a> Mapper<'a> {
                         load.discards.push(Discard {
                             table: row.table.clone(),
                             column: name,
-                            value: value_text(&value),
+                            value: value.into_text(),
                             reason: format!(
                                 "the table has reached its cap of {} columns",
                                 self.caps.max_columns
@@ -650,7 +651,7 @@ impl<'a> Mapper<'a> {
                 Err((reason, value)) => load.discards.push(Discard {
                     table: row.table.clone(),
                     column: name,
-                    value: value_text(&value),
+                    value: value.into_text(),
                     reason,
                     row_id: row.id.clone(),
                     received_at: row.received_at,
@@ -707,17 +708,10 @@ impl<'a> Mapper<'a> {
     }
 }
 
-fn value_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn caps() -> Caps {
         Caps {
@@ -734,11 +728,20 @@ mod tests {
             ..SchemaLoad::default()
         };
         let mut m = Mapper::new(&mut catalog, caps(), timestamp::now());
-        for e in events {
-            m.add(&mut load, e.as_object().unwrap().clone());
+        let payloads: Vec<Vec<u8>> = events.iter().map(|e| e.to_string().into_bytes()).collect();
+        for p in &payloads {
+            m.add(&mut load, object(p));
         }
         m.prepare_users(&mut load);
         (load, catalog)
+    }
+
+    /// An event's payload as the mapper takes it.
+    fn object(payload: &[u8]) -> Object<'_> {
+        match Json::parse(payload) {
+            Ok(Json::Object(o)) => o,
+            other => panic!("not an object: {other:?}"),
+        }
     }
 
     fn col<'a>(t: &'a TableLoad, row: usize, name: &str) -> &'a Cell {
@@ -887,15 +890,11 @@ mod tests {
             },
             timestamp::now(),
         );
-        let object = |v: Value| match v {
-            Value::Object(o) => o,
-            _ => unreachable!("an object literal"),
-        };
-        m.add(&mut load, object(json!({"type": "track", "event": "A", "messageId": "a", "userId": "u", "properties": {"x": 1, "y": 2}})));
-        m.add(
-            &mut load,
-            object(json!({"type": "track", "event": "B", "messageId": "b", "userId": "u"})),
-        );
+        let first = json!({"type": "track", "event": "A", "messageId": "a", "userId": "u", "properties": {"x": 1, "y": 2}}).to_string();
+        let second =
+            json!({"type": "track", "event": "B", "messageId": "b", "userId": "u"}).to_string();
+        m.add(&mut load, object(first.as_bytes()));
+        m.add(&mut load, object(second.as_bytes()));
         assert!(!load.tables.contains_key("b"), "over the table cap");
         assert!(
             load.discards
