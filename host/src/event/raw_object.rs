@@ -38,8 +38,9 @@ pub struct RawObject<'a> {
     fields: Vec<(Cow<'a, str>, Value<'a>)>,
 }
 
-/// A string that borrows from the input when it has no escapes.
-struct Key<'a>(Cow<'a, str>);
+/// A string that borrows from the input when it has no escapes (object keys here and in the
+/// warehouse's JSON tree).
+pub(crate) struct Key<'a>(pub(crate) Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
