@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::sink::{Mode, Sink};
-use support::{Weir, basic, client, eventually, metrics, weir_bin};
+use support::{Weir, basic, client, dlq_list, eventually, metrics, weir_bin};
 
 fn wasm(name: &str) -> String {
     weir::plugin::bundled::path(name).display().to_string()
@@ -58,19 +58,6 @@ async fn send(weir: &Weir, events: Vec<Value>) {
 fn event(key: usize, seq: usize) -> Value {
     json!({"type": "track", "event": "Step", "userId": format!("user-{key}"),
         "messageId": format!("k{key}-s{seq}"), "properties": {"seq": seq}})
-}
-
-fn dlq(weir: &Weir) -> Vec<Value> {
-    let out = Command::new(weir_bin())
-        .args(["dlq", "list", "--data-dir"])
-        .arg(weir.data_dir())
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn ids(received: &[support::sink::Received]) -> Vec<String> {
@@ -202,7 +189,7 @@ async fn an_outage_and_a_crash_lose_nothing_and_keep_per_key_order() {
         assert_eq!(seqs, sorted, "order of {key}");
         assert_eq!(seqs.len(), 15);
     }
-    assert!(dlq(&weir).is_empty());
+    assert!(dlq_list(&weir).is_empty());
 }
 
 /// A destination that fails every request is paused (circuit breaker): instead of one attempt
@@ -265,7 +252,7 @@ async fn a_destination_failing_every_request_is_paused_and_probed() {
         text.contains(r#"weir_delivery_paused{destination="crm"} 0"#),
         "{text}"
     );
-    assert!(dlq(&weir).is_empty());
+    assert!(dlq_list(&weir).is_empty());
 }
 
 /// The bundled `consent` filter in one destination's chain: events whose consent (Segment's
@@ -306,7 +293,10 @@ async fn the_consent_filter_keeps_denied_events_from_a_destination() {
     let mut got = ids(&sink.received());
     got.sort();
     assert_eq!(got, ["granted", "no-consent-info"]);
-    assert!(dlq(&weir).is_empty(), "a consent drop is not a failure");
+    assert!(
+        dlq_list(&weir).is_empty(),
+        "a consent drop is not a failure"
+    );
 }
 
 /// A request a plugin builds for a host that is not on the allow-list is refused (not sent),
@@ -322,7 +312,7 @@ async fn the_allow_list_refuses_unlisted_hosts() {
     )));
     send(&weir, vec![event(1, 1), event(2, 1)]).await;
     let dead = eventually(Duration::from_secs(10), || {
-        let d = dlq(&weir);
+        let d = dlq_list(&weir);
         (d.len() == 2).then_some(d)
     })
     .expect("dead letters");
@@ -351,7 +341,7 @@ async fn the_dead_letter_queue_evicts_entries_past_its_age_cap() {
     send(&weir, vec![event(1, 1), event(2, 1)]).await;
     let queue = r#"queue="destination:sneaky""#;
     let listed = eventually(Duration::from_secs(10), || {
-        let d = dlq(&weir);
+        let d = dlq_list(&weir);
         (d.len() == 2).then_some(d)
     });
     assert!(listed.is_some(), "both refused events are dead-lettered");
@@ -372,7 +362,7 @@ async fn the_dead_letter_queue_evicts_entries_past_its_age_cap() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(evicted, "evicted after 4 s: {}", metrics(&weir).await);
-    assert!(dlq(&weir).is_empty(), "no longer listed");
+    assert!(dlq_list(&weir).is_empty(), "no longer listed");
 }
 
 /// A destination plugin that traps on one event: only that event is dead-lettered.
@@ -393,7 +383,7 @@ async fn a_poison_event_costs_only_itself() {
     got.sort();
     assert_eq!(got, ["k0-s0", "k1-s0", "k2-s0", "k4-s0", "k5-s0"]);
     let dead = eventually(Duration::from_secs(10), || {
-        let d = dlq(&weir);
+        let d = dlq_list(&weir);
         (!d.is_empty()).then_some(d)
     })
     .unwrap();
@@ -447,7 +437,7 @@ async fn dead_letters_survive_a_restart_and_replay_delivers_them() {
     )));
     send(&weir, (0..5).map(|k| event(k, 0)).collect()).await;
     let dead = eventually(Duration::from_secs(10), || {
-        let d = dlq(&weir);
+        let d = dlq_list(&weir);
         (d.len() == 5).then_some(d)
     })
     .expect("5 dead letters");
@@ -458,7 +448,7 @@ async fn dead_letters_survive_a_restart_and_replay_delivers_them() {
     );
 
     weir.restart();
-    assert_eq!(dlq(&weir).len(), 5, "the DLQ survives a restart");
+    assert_eq!(dlq_list(&weir).len(), 5, "the DLQ survives a restart");
     sink.set(Mode::Ok);
     let before = sink.received().len();
     let out = Command::new(weir_bin())
@@ -484,7 +474,10 @@ async fn dead_letters_survive_a_restart_and_replay_delivers_them() {
     let mut replayed = ids(&got[before..]);
     replayed.sort();
     assert_eq!(replayed, ["k0-s0", "k1-s0", "k2-s0", "k3-s0", "k4-s0"]);
-    assert!(dlq(&weir).is_empty(), "the DLQ is empty after the replay");
+    assert!(
+        dlq_list(&weir).is_empty(),
+        "the DLQ is empty after the replay"
+    );
 }
 
 /// One event of every type with the context the SaaS mappings read.
@@ -639,7 +632,7 @@ async fn bundled_destinations_send_the_documented_requests() {
 
     // What a destination cannot take is dead-lettered with the plugin's reason.
     let dead = eventually(Duration::from_secs(10), || {
-        let d = dlq(&weir);
+        let d = dlq_list(&weir);
         (d.len() >= 3).then_some(d)
     })
     .expect("dead letters");
@@ -724,7 +717,7 @@ async fn per_event_failures_drop_only_those_events() {
         "the retry carries only the events that may pass"
     );
     let dead = eventually(Duration::from_secs(10), || {
-        let d = dlq(&weir);
+        let d = dlq_list(&weir);
         (!d.is_empty()).then_some(d)
     })
     .unwrap();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use support::{Weir, client, eventually, weir_bin};
+use support::{Weir, client, dlq_list, eventually, weir_bin};
 
 const TOKEN: &str = "test-admin-token-0123456789";
 
@@ -74,24 +74,6 @@ fn wait_processed(weir: &Weir, n: usize) -> Vec<Value> {
             weir.log_text()
         )
     })
-}
-
-fn dlq_list(weir: &Weir) -> Vec<Value> {
-    let out = Command::new(weir_bin())
-        .args(["dlq", "list", "--data-dir"])
-        .arg(weir.data_dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 async fn admin(weir: &Weir, path: &str, body: Option<Value>) -> (u16, Value) {

@@ -87,6 +87,23 @@ fn every_type() -> Vec<Value> {
     ]
 }
 
+/// The text column `sql` selects from the DuckDB `file`, once it has `n` rows (the loader
+/// holds the file only while it loads; up to 30 s).
+fn duckdb_texts(weir: &Weir, file: &std::path::Path, sql: &str, n: usize) -> Vec<String> {
+    eventually(Duration::from_secs(30), || {
+        let conn = duckdb::Connection::open(file).ok()?;
+        let texts: Vec<String> = conn
+            .prepare(sql)
+            .ok()?
+            .query_map([], |r| r.get(0))
+            .ok()?
+            .filter_map(Result::ok)
+            .collect();
+        (texts.len() == n).then_some(texts)
+    })
+    .unwrap_or_else(|| panic!("{sql}: not {n} rows in time\n{}", weir.log_text()))
+}
+
 async fn pg_rows(c: &Client, sql: &str) -> Vec<tokio_postgres::Row> {
     c.query(sql, &[])
         .await
@@ -558,32 +575,18 @@ async fn a_warehouse_filter_chain_applies_to_it_alone() {
     )
     .await;
     let file = weir.data_dir().join("wh.duckdb");
-    let loaded = eventually(Duration::from_secs(30), || {
-        let conn = duckdb::Connection::open(&file).ok()?;
-        let emails: Vec<String> = conn
-            .prepare("SELECT email FROM web.identifies ORDER BY id")
-            .ok()?
-            .query_map([], |r| r.get(0))
-            .ok()?
-            .filter_map(Result::ok)
-            .collect();
-        (emails.len() == 2).then_some(emails)
-    })
-    .unwrap_or_else(|| panic!("{}", weir.log_text()));
+    let loaded = duckdb_texts(
+        &weir,
+        &file,
+        "SELECT email FROM web.identifies ORDER BY id",
+        2,
+    );
     assert_eq!(loaded, ["[redacted]", "[redacted]"]);
     // The processed log (and any other consumer) still has the original events.
     let processed = weir.dump("processed");
     assert_eq!(processed[0]["event"]["traits"]["email"], "ann@example.com");
     // The failed event is in the warehouse's dead-letter queue.
-    let out = std::process::Command::new(support::weir_bin())
-        .args(["dlq", "list", "--data-dir"])
-        .arg(weir.data_dir())
-        .output()
-        .unwrap();
-    let entries: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let entries = support::dlq_list(&weir);
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert_eq!(entries[0]["entry"]["stage"], "warehouse:wh");
     assert_eq!(entries[0]["entry"]["event"]["messageId"], "bad");
@@ -604,18 +607,7 @@ async fn consent_keeps_denied_events_out_of_one_warehouse() {
     let weir = Weir::start(&config(&warehouses, ""));
     send(&weir, support::advertising_consent_events()).await;
     let file = weir.data_dir().join("all.duckdb");
-    let everything = eventually(Duration::from_secs(30), || {
-        let conn = duckdb::Connection::open(&file).ok()?;
-        let ids: Vec<String> = conn
-            .prepare("SELECT id FROM web.tracks ORDER BY id")
-            .ok()?
-            .query_map([], |r| r.get(0))
-            .ok()?
-            .filter_map(Result::ok)
-            .collect();
-        (ids.len() == 4).then_some(ids)
-    })
-    .unwrap_or_else(|| panic!("{}", weir.log_text()));
+    let everything = duckdb_texts(&weir, &file, "SELECT id FROM web.tracks ORDER BY id", 4);
     assert_eq!(
         everything,
         [
@@ -641,13 +633,8 @@ async fn consent_keeps_denied_events_out_of_one_warehouse() {
         metrics.contains("consent_dropped") && metrics.contains(r#"category="Advertising""#),
         "{metrics}"
     );
-    let out = std::process::Command::new(support::weir_bin())
-        .args(["dlq", "list", "--data-dir"])
-        .arg(weir.data_dir())
-        .output()
-        .unwrap();
     assert!(
-        String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        support::dlq_list(&weir).is_empty(),
         "a consent drop is not a failure"
     );
 }

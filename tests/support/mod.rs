@@ -260,6 +260,25 @@ pub async fn metrics_containing(weir: &Weir, wanted: &str, timeout: Duration) ->
     }
 }
 
+/// `weir dlq list` on the router's data dir: one JSON entry per dead letter.
+pub fn dlq_list(weir: &Weir) -> Vec<Value> {
+    let out = Command::new(weir_bin())
+        .args(["dlq", "list", "--data-dir"])
+        .arg(weir.data_dir())
+        .output()
+        .expect("weir dlq list");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON entry"))
+        .collect()
+}
+
 /// An HTTP client with no connection reuse surprises.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()

@@ -53,6 +53,11 @@ fn payload_n(r: &Record) -> u64 {
     v["n"].as_u64().unwrap()
 }
 
+/// A log at `dir` on the real file system, with the tests' options.
+fn open_fs(dir: &Path) -> Log {
+    Log::open(dir, Arc::new(FsStorage), &options(), LogMetrics::detached()).unwrap()
+}
+
 async fn append_n(log: &Log, range: std::ops::Range<usize>) {
     let appender = log.appender();
     for i in range {
@@ -63,14 +68,7 @@ async fn append_n(log: &Log, range: std::ops::Range<usize>) {
 #[tokio::test]
 async fn appends_read_back_in_order_across_segments() {
     let dir = tempfile::tempdir().unwrap();
-    let storage: Arc<dyn Storage> = Arc::new(FsStorage);
-    let log = Log::open(
-        dir.path(),
-        storage.clone(),
-        &options(),
-        LogMetrics::detached(),
-    )
-    .unwrap();
+    let log = open_fs(dir.path());
     let appender = log.appender();
     let r = appender.append(vec![event(0), event(1)]).await.unwrap();
     assert_eq!(
@@ -101,7 +99,7 @@ async fn appends_read_back_in_order_across_segments() {
     log.close();
 
     // Reopen: the same records, and appends continue at the next offset.
-    let log = Log::open(dir.path(), storage, &options(), LogMetrics::detached()).unwrap();
+    let log = open_fs(dir.path());
     assert_eq!(log.head().next, Offset(100));
     append_n(&log, 100..101).await;
     assert_eq!(read_all(&log, Offset(0)).len(), 101);
@@ -278,13 +276,7 @@ async fn size_cap_and_full_disk_refuse_appends_without_losing_earlier_ones() {
 async fn segments_are_deleted_only_below_the_low_water_mark() {
     let dir = tempfile::tempdir().unwrap();
     let storage: Arc<dyn Storage> = Arc::new(FsStorage);
-    let log = Log::open(
-        &dir.path().join("log"),
-        storage.clone(),
-        &options(),
-        LogMetrics::detached(),
-    )
-    .unwrap();
+    let log = open_fs(&dir.path().join("log"));
     append_n(&log, 0..60).await;
     let offsets = OffsetStore::open(storage, &dir.path().join("offsets")).unwrap();
     let a = ConsumerId::new("a");
@@ -318,13 +310,7 @@ async fn segments_are_deleted_only_below_the_low_water_mark() {
 async fn reused_segments_hold_only_their_new_records() {
     let dir = tempfile::tempdir().unwrap();
     let storage: Arc<dyn Storage> = Arc::new(FsStorage);
-    let log = Log::open(
-        dir.path(),
-        storage.clone(),
-        &options(),
-        LogMetrics::detached(),
-    )
-    .unwrap();
+    let log = open_fs(dir.path());
     append_n(&log, 0..100).await;
     let deleted = log.delete_before(Offset(80)).unwrap();
     assert!(deleted > 2, "{deleted}");
@@ -371,7 +357,7 @@ async fn reused_segments_hold_only_their_new_records() {
     );
     let head = log.head();
     std::mem::forget(log);
-    let log = Log::open(dir.path(), storage, &options(), LogMetrics::detached()).unwrap();
+    let log = open_fs(dir.path());
     assert_eq!(log.head().next, head.next);
     assert_eq!(log.head().segment_len, head.segment_len);
     let records = read_all(&log, Offset(139));
