@@ -454,6 +454,66 @@ async fn duckdb_loads_dedupes_and_waits_for_the_file() {
     assert_eq!(query("SELECT count(DISTINCT id) FROM web.tracks"), Some(3));
 }
 
+/// DuckDB, the default engine: SIGKILL while loads are under way, restart, and every event is
+/// in its tables once. Then repeats of events the first process loaded (the gateway's dedupe
+/// window is 0 here, so they reach the log) still land once: the new process knows the file's
+/// ids without having loaded them itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn duckdb_survives_a_crash_and_knows_its_ids_after_a_restart() {
+    let mut weir = Weir::start(&config(
+        "[[warehouses]]\nname = \"wh\"\nengine = \"duckdb\"\nsources = [\"web\"]\nflush_interval_ms = 50\nflush_events = 40\n",
+        "dedupe = { window_secs = 0 }",
+    ));
+    let file = weir.data_dir().join("wh.duckdb");
+    let tick = |id: &str, n: usize| {
+        json!({"type": "track", "messageId": id, "userId": format!("u{}", n % 25), "event": "Tick",
+            "properties": {"n": n}})
+    };
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        let batch: Vec<Value> = (0..25)
+            .map(|k| {
+                let id = format!("c{n}-{k}");
+                let event = tick(&id, n);
+                ids.push(id);
+                event
+            })
+            .collect();
+        send(&weir, batch).await;
+    }
+    // Kill once loads are under way.
+    support::metrics_containing(
+        &weir,
+        "weir_warehouse_rows_loaded_total{",
+        Duration::from_secs(30),
+    )
+    .await;
+    weir.kill9();
+    weir.respawn();
+    let loaded = duckdb_texts(&weir, &file, "SELECT id FROM web.tick", ids.len());
+    let distinct: std::collections::HashSet<&String> = loaded.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "each event once");
+    duckdb_texts(&weir, &file, "SELECT id FROM web.tracks", ids.len());
+
+    // Events of the first process again, with new ones.
+    let mut again: Vec<Value> = ids[..30].iter().map(|id| tick(id, 0)).collect();
+    again.extend((0..5).map(|k| tick(&format!("new-{k}"), 99)));
+    send(&weir, again).await;
+    // Loaded after them: once it is there, so are they.
+    send(&weir, vec![tick("last", 100)]).await;
+    duckdb_texts(
+        &weir,
+        &file,
+        "SELECT id FROM web.tracks WHERE id = 'last'",
+        1,
+    );
+    let loaded = duckdb_texts(&weir, &file, "SELECT id FROM web.tracks", ids.len() + 6);
+    let distinct: std::collections::HashSet<&String> = loaded.iter().collect();
+    assert_eq!(distinct.len(), ids.len() + 6, "repeats land once");
+    assert!(distinct.contains(&"new-4".to_string()));
+    duckdb_texts(&weir, &file, "SELECT id FROM web.tick", ids.len() + 6);
+}
+
 /// Repeats of events loaded earlier (the gateway's dedupe window is 0 here, so they reach the
 /// log) land once in PostgreSQL: the load the primary key refuses is redone with only the rows
 /// that are new, and those rows still arrive.

@@ -6,10 +6,12 @@
 //! a backfill quadratic. While someone else holds the file, the loader waits (the events stay in
 //! the log).
 //!
-//! Per table, the rows whose `id` is not there yet (one scan of the table's `id` column against
-//! the batch's ids, `loader::fresh_rows`) go in through the appender as Arrow batches, straight
-//! into the target. Tables have no primary key: DuckDB cannot add columns to a table with an
-//! index.
+//! Per table, the rows whose `id` is not there yet go in through the appender as Arrow
+//! batches, straight into the target. Tables have no primary key (DuckDB cannot add columns to
+//! a table with an index), so which ids a table holds is known from `LoadedIds`: the ids of the
+//! table as hashes in memory, filled by one scan of its `id` column per session. Only ids whose
+//! hash is there are looked for in the table itself (one scan of the `id` column against them):
+//! loads do not slow down as tables grow.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use duckdb::Connection;
 use duckdb::arrow::array::{
-    ArrayRef, BooleanBuilder, PrimitiveArray, PrimitiveBuilder, StringBuilder,
+    Array, ArrayRef, AsArray, BooleanBuilder, PrimitiveArray, PrimitiveBuilder, StringBuilder,
 };
 use duckdb::arrow::datatypes::{
     ArrowPrimitiveType, Field, Float64Type, Int64Type, Schema, TimestampMicrosecondType,
@@ -26,9 +28,10 @@ use duckdb::arrow::datatypes::{
 use duckdb::arrow::record_batch::RecordBatch;
 use time::OffsetDateTime;
 
+use super::loaded_ids::{LoadedIds, Pending};
 use super::loader::{
     LoadStats, Loader, TableStatus, WarehouseError, catalog_type, discards_table, fresh_rows,
-    row_ids,
+    ids_of, row_ids,
 };
 use super::schema::{Catalog, Cell, ColumnType, SchemaLoad};
 use super::sql::{self, Dialect, ident, qualified};
@@ -41,8 +44,9 @@ const LOCK_WAIT: Duration = Duration::from_secs(30);
 /// closes it and opens it again, so someone waiting for it gets a turn.
 const MAX_HOLD: Duration = Duration::from_secs(10);
 
-/// The connection's temporary tables of the load's event ids and of the users it touched.
-const BATCH_IDS: &str = "weir_batch_ids";
+/// The connection's temporary tables of the ids a table may hold already and of the users a
+/// load touched.
+const CANDIDATE_IDS: &str = "weir_candidate_ids";
 const AFFECTED_USERS: &str = "weir_affected_users";
 
 pub struct DuckDb;
@@ -225,6 +229,8 @@ pub struct DuckDbLoader {
     warehouse: String,
     /// The open file while loads follow each other, and when it was opened.
     held: Option<(Connection, Instant)>,
+    /// The ids in each table loaded this session.
+    ids: LoadedIds,
 }
 
 impl DuckDbLoader {
@@ -233,6 +239,7 @@ impl DuckDbLoader {
             path,
             warehouse: warehouse.to_owned(),
             held: None,
+            ids: LoadedIds::default(),
         }
     }
 
@@ -289,30 +296,59 @@ impl DuckDbLoader {
     }
 }
 
-/// The ids of `batch_ids` (a temporary table) already in `target`. The batch's ids are the
-/// hash table; the target's `id` column is scanned once (tables have no index: see the module
-/// comment).
-fn present_ids(conn: &Connection, target: &str) -> duckdb::Result<HashSet<String>> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT \"id\" FROM {target} WHERE \"id\" IN (SELECT \"id\" FROM temp.main.{BATCH_IDS})"
-    ))?;
-    let ids = stmt.query_map([], |r| r.get::<_, String>(0))?;
-    ids.collect()
+/// The ids of `candidates` that `target` holds: one scan of its `id` column, against a
+/// temporary table of them.
+fn present_ids(
+    conn: &Connection,
+    target: &str,
+    candidates: Vec<&str>,
+) -> Result<HashSet<String>, WarehouseError> {
+    if candidates.is_empty() {
+        return Ok(HashSet::new());
+    }
+    temp_ids(conn, CANDIDATE_IDS, candidates)?;
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT \"id\" FROM {target} WHERE \"id\" IN (SELECT \"id\" FROM temp.main.{CANDIDATE_IDS})"
+        ))
+        .map_err(err)?;
+    let ids = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(err)?;
+    ids.collect::<Result<_, _>>().map_err(err)
 }
 
-fn load_schema(conn: &Connection, load: &SchemaLoad) -> Result<LoadStats, WarehouseError> {
+/// Fills `ids` with the ids `target` holds, read as Arrow batches.
+fn fill_ids(conn: &Connection, ids: &mut LoadedIds, target: &str) -> Result<(), WarehouseError> {
+    ids.fill(target, |put| {
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT \"id\" FROM {target} WHERE \"id\" IS NOT NULL"
+            ))
+            .map_err(err)?;
+        for batch in stmt.query_arrow([]).map_err(err)? {
+            let column = batch.column(0);
+            let Some(texts) = column.as_string_opt::<i32>() else {
+                return Err(WarehouseError::Load(format!(
+                    "the id column of {target} is {}, not text",
+                    column.data_type()
+                )));
+            };
+            texts.iter().flatten().for_each(&mut *put);
+        }
+        Ok(())
+    })
+}
+
+/// Writes `load`; the ids it wrote go to `pending`, for `ids` once the load commits.
+fn load_schema(
+    conn: &Connection,
+    ids: &mut LoadedIds,
+    pending: &mut Pending,
+    load: &SchemaLoad,
+) -> Result<LoadStats, WarehouseError> {
     let mut stats = LoadStats::default();
     let schema = &load.schema;
     let run = |sql: &str| conn.execute_batch(sql).map_err(err);
     run(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(schema)))?;
-    // Every table's ids are among the batch's event ids: one temporary table serves them all.
-    let mut batch_ids: HashSet<&str> = HashSet::new();
-    for (table, t) in &load.tables {
-        if table != "users" {
-            batch_ids.extend(row_ids(t));
-        }
-    }
-    temp_ids(conn, BATCH_IDS, batch_ids)?;
     for (table, t) in &load.tables {
         for stmt in sql::ddl(&DuckDb, schema, table, t) {
             run(&stmt)?;
@@ -321,9 +357,13 @@ fn load_schema(conn: &Connection, load: &SchemaLoad) -> Result<LoadStats, Wareho
             continue;
         }
         let target = qualified(schema, table);
-        let present = present_ids(conn, &target).map_err(err)?;
+        if !ids.knows(&target) {
+            fill_ids(conn, ids, &target)?;
+        }
+        let present = present_ids(conn, &target, ids.candidates(&target, row_ids(t)))?;
         let rows = fresh_rows(t, &present);
         let n = append(conn, None, schema, table, &t.columns, &rows)?;
+        pending.wrote(&target, ids_of(t, rows.iter().copied()));
         stats.rows += n;
         stats.tables.push((table.clone(), n));
     }
@@ -358,6 +398,7 @@ impl Loader for DuckDbLoader {
     fn open(&mut self, schemas: &[String]) -> Result<(Catalog, Option<Offset>), WarehouseError> {
         // A new session starts from what the file says: nothing held over from a failed one.
         self.held = None;
+        self.ids.clear();
         let warehouse = self.warehouse.clone();
         let conn = self.connection()?;
         let mut catalog = Catalog::default();
@@ -402,12 +443,16 @@ impl Loader for DuckDbLoader {
 
     fn load(&mut self, loads: &[SchemaLoad], next: Offset) -> Result<LoadStats, WarehouseError> {
         let warehouse = self.warehouse.clone();
-        let conn = self.connection()?;
+        self.connection()?;
+        let (Some((conn, _)), ids) = (&mut self.held, &mut self.ids) else {
+            return Err(WarehouseError::Unavailable("no connection".into()));
+        };
+        let mut pending = Pending::default();
         let result = (|| {
             let tx = conn.transaction().map_err(err)?;
             let mut stats = LoadStats::default();
             for load in loads {
-                stats.merge(load_schema(&tx, load)?);
+                stats.merge(load_schema(&tx, ids, &mut pending, load)?);
             }
             tx.execute("DELETE FROM _weir.loads WHERE warehouse = ?", [&warehouse])
                 .map_err(err)?;
@@ -419,8 +464,9 @@ impl Loader for DuckDbLoader {
             tx.commit().map_err(err)?;
             Ok(stats)
         })();
-        if result.is_err() {
-            self.held = None;
+        match &result {
+            Ok(_) => self.ids.commit(pending),
+            Err(_) => self.held = None,
         }
         result
     }

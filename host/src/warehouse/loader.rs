@@ -106,10 +106,17 @@ pub fn discards_table(load: &SchemaLoad) -> TableLoad {
 
 /// The `id` of every row of `t` that has one (as text), in row order.
 pub fn row_ids(t: &TableLoad) -> Vec<&str> {
+    ids_of(t, &t.rows)
+}
+
+/// The ids of `rows`, rows of `t`.
+pub fn ids_of<'r>(t: &TableLoad, rows: impl IntoIterator<Item = &'r Vec<Cell>>) -> Vec<&'r str> {
     let Some(at) = t.columns.iter().position(|(c, _)| c == "id") else {
         return Vec::new();
     };
-    t.rows.iter().filter_map(|row| text_at(row, at)).collect()
+    rows.into_iter()
+        .filter_map(|row| text_at(row, at))
+        .collect()
 }
 
 /// The rows of `t` whose `id` is neither in `present` (already in the table) nor earlier in

@@ -9,6 +9,7 @@
 
 pub mod duckdb;
 pub mod json;
+pub mod loaded_ids;
 pub mod loader;
 pub mod postgres;
 pub mod schema;
