@@ -16,7 +16,8 @@ use crate::timestamp;
 
 #[derive(Subcommand)]
 pub enum WarehouseCommand {
-    /// Per table: rows and last load; per warehouse: how far behind the processed log it is.
+    /// Per table: rows and last load (and how long ago); per warehouse: how far behind the
+    /// processed log it is.
     /// Reads the warehouse (DuckDB: between loads, while weir runs too).
     Status {
         /// The router's config (default: the embedded defaults' DuckDB warehouse).
@@ -84,12 +85,20 @@ pub fn run(command: WarehouseCommand) -> anyhow::Result<ExitCode> {
         if tables.is_empty() {
             println!("  (no tables yet)");
         }
+        let now = time::OffsetDateTime::now_utc();
         for t in tables {
+            // A table's lag: how long since a load last wrote to it.
+            let last = t.last_load.map_or_else(
+                || "-".into(),
+                |at| {
+                    let ago = (now - at).whole_seconds().max(0);
+                    format!("{} ({ago} s ago)", timestamp::format(at))
+                },
+            );
             println!(
-                "  {:<40} {:>10} rows   last load {}",
+                "  {:<40} {:>10} rows   last load {last}",
                 format!("{}.{}", t.schema, t.table),
                 t.rows,
-                t.last_load.map_or_else(|| "-".into(), timestamp::format)
             );
         }
     }
