@@ -644,3 +644,48 @@ async fn embedded_defaults_start_with_a_default_source() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["source"], "default");
 }
+
+/// `weir log dump` while the router writes and its retention deletes (and reuses) the raw log's
+/// small segments: every dump succeeds, in offset order, whatever vanished under it.
+#[tokio::test(flavor = "multi_thread")]
+async fn log_dump_reads_a_live_log_whose_segments_come_and_go() {
+    let weir = Weir::start(&config("[log]\nsegment_bytes = 65536\n"));
+    let sender = {
+        let url = weir.url("/v1/batch");
+        tokio::spawn(async move {
+            for n in 0..400 {
+                let batch: Vec<Value> = (0..50)
+                    .map(|k| {
+                        let mut e = track(&format!("m{n}-{k}"), "u1");
+                        e["properties"] = json!({"pad": "x".repeat(200)});
+                        e
+                    })
+                    .collect();
+                let r = client()
+                    .post(&url)
+                    .header("authorization", basic("test-key"))
+                    .json(&json!({ "batch": batch }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        })
+    };
+    let mut dumps = 0;
+    while !sender.is_finished() {
+        let dir = weir.data_dir();
+        // `support::dump` fails the test on a failed dump.
+        let records = tokio::task::spawn_blocking(move || support::dump(&dir, "raw"))
+            .await
+            .unwrap();
+        let offsets: Vec<u64> = records
+            .iter()
+            .map(|r| r["offset"].as_u64().unwrap())
+            .collect();
+        assert!(offsets.is_sorted(), "{offsets:?}");
+        dumps += 1;
+    }
+    sender.await.unwrap();
+    assert!(dumps > 1, "the dumps ran while the router wrote");
+}

@@ -1,5 +1,6 @@
 //! `weir log dump`: every record as one JSON line, so people and tests see exactly what was
-//! stored. Reads without changing anything, so it is safe while the router runs.
+//! stored. Reads without changing anything, so it is safe while the router runs (segments the
+//! router deletes meanwhile are skipped, with a note).
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -28,16 +29,47 @@ pub fn run(data_dir: &Path, stage: Stage) -> anyhow::Result<ExitCode> {
             data_dir.display()
         );
     }
-    let log = Log::open_read_only(&dir, Arc::new(FsStorage))
-        .with_context(|| format!("cannot open the log at {}", dir.display()))?;
-    let mut reader = log.reader(log.oldest());
+    let open = || {
+        Log::open_read_only(&dir, Arc::new(FsStorage))
+            .with_context(|| format!("cannot open the log at {}", dir.display()))
+    };
+    let mut log = open()?;
+    let mut next = log.oldest();
+    let mut reader = log.reader(next);
+    let mut retries = 0;
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     loop {
-        let batch = reader.read_batch(1024)?;
-        if batch.is_empty() {
+        let batch = match reader.read_batch(1024) {
+            Ok(batch) => batch,
+            // A running router deletes the segments every consumer is past, and may reuse
+            // their files: one can vanish, or change under the reader, between the listing and
+            // the read. Open the log again and go on from where the dump is (or from the
+            // oldest record kept, saying what went); a real fault fails again at the same place.
+            Err(e) if retries < MAX_RETRIES => {
+                tracing::debug!(error = %e, offset = next.0, "reading the log again");
+                log = open()?;
+                if log.oldest() > next {
+                    eprintln!(
+                        "note: records {} to {} were deleted by the router's retention while this dump ran",
+                        next.0,
+                        log.oldest().0 - 1
+                    );
+                    next = log.oldest();
+                    retries = 0;
+                } else {
+                    retries += 1;
+                }
+                reader = log.reader(next);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(last) = batch.last() else {
             break;
-        }
+        };
+        next = last.offset.next();
+        retries = 0;
         for r in &batch {
             let line = render(r);
             if writeln!(out, "{line}").is_err() {
@@ -49,6 +81,9 @@ pub fn run(data_dir: &Path, stage: Stage) -> anyhow::Result<ExitCode> {
     let _ = out.flush();
     Ok(ExitCode::SUCCESS)
 }
+
+/// How many times the dump opens the log again after failing to read the same record.
+const MAX_RETRIES: u32 = 5;
 
 /// One record as a JSON object.
 pub fn render(r: &Record) -> Value {

@@ -58,7 +58,13 @@ pub fn list(storage: &dyn Storage, dir: &Path) -> io::Result<Vec<SegmentInfo>> {
     for name in storage.list(dir)? {
         if let Some(base) = parse_name(&name) {
             let path = dir.join(&name);
-            let len = storage.open_read(&path)?.size()?;
+            let len = match storage.open_read(&path).and_then(|f| f.size()) {
+                Ok(len) => len,
+                // Deleted since the listing: a running router's retention, seen by a
+                // read-only open (`weir log dump`). It is no longer part of the log.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
             segments.push(SegmentInfo { base, path, len });
         }
     }
