@@ -9,7 +9,7 @@
 //!
 //! A table's set is filled from the table the first time a session loads into it, and grows
 //! with what each committed load wrote (`Pending`, applied only after the commit, so a load
-//! that rolls back leaves no trace here). It costs 9-18 bytes per row in memory. It assumes
+//! that rolls back leaves no trace here). It costs 10-21 bytes per row in memory. It assumes
 //! weir is the only one adding rows with ids to its tables: a row someone inserts by hand
 //! while the router runs is not known until the next session (a restart or a failed load).
 
