@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::sink::{Mode, Sink};
-use support::{Weir, basic, client, dlq_list, eventually, metrics, weir_bin};
+use support::{Weir, dlq_list, eventually, metrics, send, weir_bin};
 
 fn wasm(name: &str) -> String {
     weir::plugin::bundled::path(name).display().to_string()
@@ -42,17 +42,6 @@ retry = {{ initial_backoff_ms = 50, max_backoff_ms = 400, max_attempts = 1000 }}
 /// The test config (source `web`, key `test-key`) with `destinations` appended.
 fn config(destinations: &str) -> String {
     support::config(&format!("\n{destinations}"))
-}
-
-async fn send(weir: &Weir, events: Vec<Value>) {
-    let r = client()
-        .post(weir.url("/v1/batch"))
-        .header("authorization", basic("test-key"))
-        .json(&json!({ "batch": events }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
 }
 
 fn event(key: usize, seq: usize) -> Value {

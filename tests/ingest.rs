@@ -661,14 +661,7 @@ async fn log_dump_reads_a_live_log_whose_segments_come_and_go() {
                         e
                     })
                     .collect();
-                let r = client()
-                    .post(&url)
-                    .header("authorization", basic("test-key"))
-                    .json(&json!({ "batch": batch }))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200);
+                support::send_to(&url, batch).await;
             }
         })
     };

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use support::{Weir, client, dlq_list, eventually, weir_bin};
+use support::{Weir, client, dlq_list, eventually, send, weir_bin};
 
 const TOKEN: &str = "test-admin-token-0123456789";
 
@@ -44,17 +44,6 @@ write_keys = ["test-key"]
 {plugins}
 "#
     )
-}
-
-async fn send(weir: &Weir, events: Vec<Value>) {
-    let r = client()
-        .post(weir.url("/v1/batch"))
-        .header("authorization", auth())
-        .json(&json!({ "batch": events }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
 }
 
 fn processed(weir: &Weir) -> Vec<Value> {

@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Weir, basic, client, eventually};
+use support::{Weir, eventually, send};
 use tokio_postgres::{Client, NoTls};
 
 const PG: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
@@ -50,15 +50,17 @@ write_keys = ["test-key"]
     )
 }
 
-async fn send(weir: &Weir, events: Vec<Value>) {
-    let r = client()
-        .post(weir.url("/v1/batch"))
-        .header("authorization", basic("test-key"))
-        .json(&json!({ "batch": events }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+/// A PostgreSQL warehouse `pg` at `url` taking source `web`, with `settings` (TOML lines).
+fn postgres_warehouse(url: &str, settings: &str) -> String {
+    format!(
+        "[[warehouses]]\nname = \"pg\"\nengine = \"postgres\"\nurl = \"{url}\"\nsources = [\"web\"]\n{settings}\n"
+    )
+}
+
+/// A DuckDB warehouse `wh` (the file `wh.duckdb` in the data dir) taking source `web`, with
+/// `settings` (TOML lines).
+fn duckdb_warehouse(settings: &str) -> String {
+    format!("[[warehouses]]\nname = \"wh\"\nengine = \"duckdb\"\nsources = [\"web\"]\n{settings}\n")
 }
 
 /// Events of every type, with a sentAt so timestamps are corrected.
@@ -128,9 +130,7 @@ async fn wait_pg(c: &Client, sql: &str, want: i64) {
 async fn postgres_gets_the_segment_layout() {
     let (url, pg) = fresh_database("layout").await;
     let weir = Weir::start(&config(
-        &format!(
-            "[[warehouses]]\nname = \"pg\"\nengine = \"postgres\"\nurl = \"{url}\"\nsources = [\"web\"]\nflush_interval_ms = 200\n"
-        ),
+        &postgres_warehouse(&url, "flush_interval_ms = 200"),
         "",
     ));
     send(&weir, every_type()).await;
@@ -261,9 +261,7 @@ async fn postgres_gets_the_segment_layout() {
 async fn a_dbt_style_query_returns_the_expected_numbers() {
     let (url, pg) = fresh_database("dbt").await;
     let weir = Weir::start(&config(
-        &format!(
-            "[[warehouses]]\nname = \"pg\"\nengine = \"postgres\"\nurl = \"{url}\"\nsources = [\"web\"]\nflush_interval_ms = 200\n"
-        ),
+        &postgres_warehouse(&url, "flush_interval_ms = 200"),
         "",
     ));
     send(&weir, every_type()).await;
@@ -298,9 +296,7 @@ async fn a_dbt_style_query_returns_the_expected_numbers() {
 async fn a_crash_mid_load_neither_loses_nor_duplicates() {
     let (url, pg) = fresh_database("crash").await;
     let mut weir = Weir::start(&config(
-        &format!(
-            "[[warehouses]]\nname = \"pg\"\nengine = \"postgres\"\nurl = \"{url}\"\nsources = [\"web\"]\nflush_interval_ms = 50\nflush_events = 40\n"
-        ),
+        &postgres_warehouse(&url, "flush_interval_ms = 50\nflush_events = 40"),
         "",
     ));
     let mut ids = Vec::new();
@@ -339,9 +335,7 @@ async fn a_postgres_outage_loses_nothing() {
     let proxy = Proxy::start().await;
     let via_proxy = url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
     let weir = Weir::start(&config(
-        &format!(
-            "[[warehouses]]\nname = \"pg\"\nengine = \"postgres\"\nurl = \"{via_proxy}\"\nsources = [\"web\"]\nflush_interval_ms = 100\n"
-        ),
+        &postgres_warehouse(&via_proxy, "flush_interval_ms = 100"),
         "",
     ));
     send(
@@ -386,7 +380,7 @@ async fn a_postgres_outage_loses_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn duckdb_loads_dedupes_and_waits_for_the_file() {
     let weir = Weir::start(&config(
-        "[[warehouses]]\nname = \"wh\"\nengine = \"duckdb\"\nsources = [\"web\"]\nflush_interval_ms = 100\n",
+        &duckdb_warehouse("flush_interval_ms = 100"),
         "dedupe = { window_secs = 0 }",
     ));
     let file = weir.data_dir().join("wh.duckdb");
@@ -463,7 +457,7 @@ async fn duckdb_loads_dedupes_and_waits_for_the_file() {
 #[tokio::test(flavor = "multi_thread")]
 async fn duckdb_survives_a_crash_and_knows_its_ids_after_a_restart() {
     let mut weir = Weir::start(&config(
-        "[[warehouses]]\nname = \"wh\"\nengine = \"duckdb\"\nsources = [\"web\"]\nflush_interval_ms = 50\nflush_events = 40\n",
+        &duckdb_warehouse("flush_interval_ms = 50\nflush_events = 40"),
         "dedupe = { window_secs = 0 }",
     ));
     let file = weir.data_dir().join("wh.duckdb");
@@ -523,9 +517,7 @@ async fn duckdb_survives_a_crash_and_knows_its_ids_after_a_restart() {
 async fn postgres_loads_a_repeated_message_id_once() {
     let (url, pg) = fresh_database("repeats").await;
     let weir = Weir::start(&config(
-        &format!(
-            "[[warehouses]]\nname = \"pg\"\nengine = \"postgres\"\nurl = \"{url}\"\nsources = [\"web\"]\nflush_interval_ms = 100\n"
-        ),
+        &postgres_warehouse(&url, "flush_interval_ms = 100"),
         "dedupe = { window_secs = 0 }",
     ));
     send(&weir, every_type()).await;
@@ -622,7 +614,8 @@ async fn a_warehouse_filter_chain_applies_to_it_alone() {
     );
     let weir = Weir::start(&config(
         &format!(
-            "[[warehouses]]\nname = \"wh\"\nengine = \"duckdb\"\nsources = [\"web\"]\nflush_interval_ms = 100\nfilters = [\"pii\", \"strict\"]\n\n{plugins}"
+            "{}\n{plugins}",
+            duckdb_warehouse("flush_interval_ms = 100\nfilters = [\"pii\", \"strict\"]")
         ),
         "",
     ));

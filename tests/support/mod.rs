@@ -207,20 +207,29 @@ impl Drop for Weir {
 
 /// Runs `weir log dump --data-dir DIR --stage STAGE` and parses its lines.
 pub fn dump(data_dir: &Path, stage: &str) -> Vec<Value> {
+    json_lines(&["log", "dump", "--stage", stage], data_dir)
+}
+
+/// Runs `weir ARGS --data-dir DIR`, which must succeed, and parses each line of its output as
+/// JSON.
+fn json_lines(args: &[&str], data_dir: &Path) -> Vec<Value> {
     let out = Command::new(weir_bin())
-        .args(["log", "dump", "--stage", stage, "--data-dir"])
+        .args(args)
+        .arg("--data-dir")
         .arg(data_dir)
         .output()
-        .expect("run weir log dump");
+        .unwrap_or_else(|e| panic!("run weir {args:?}: {e}"));
     assert!(
         out.status.success(),
-        "log dump failed: {}",
+        "weir {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout)
         .expect("utf-8")
         .lines()
-        .map(|l| serde_json::from_str(l).expect("dump line is JSON"))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("weir {args:?}: {l}: not JSON: {e}"))
+        })
         .collect()
 }
 
@@ -262,21 +271,25 @@ pub async fn metrics_containing(weir: &Weir, wanted: &str, timeout: Duration) ->
 
 /// `weir dlq list` on the router's data dir: one JSON entry per dead letter.
 pub fn dlq_list(weir: &Weir) -> Vec<Value> {
-    let out = Command::new(weir_bin())
-        .args(["dlq", "list", "--data-dir"])
-        .arg(weir.data_dir())
-        .output()
-        .expect("weir dlq list");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON entry"))
-        .collect()
+    json_lines(&["dlq", "list"], &weir.data_dir())
+}
+
+/// POSTs `events` as one `/v1/batch` to `weir` with the tests' write key; it must answer 200.
+pub async fn send(weir: &Weir, events: Vec<Value>) {
+    send_to(&weir.url("/v1/batch"), events).await;
+}
+
+/// [`send`] to a batch endpoint's `url`, for a task that does not hold the [`Weir`].
+pub async fn send_to(url: &str, events: Vec<Value>) {
+    let r = client()
+        .post(url)
+        .header("authorization", basic("test-key"))
+        .json(&serde_json::json!({ "batch": events }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert_eq!(status, 200, "{}", r.text().await.unwrap_or_default());
 }
 
 /// An HTTP client with no connection reuse surprises.
