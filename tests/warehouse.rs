@@ -551,6 +551,120 @@ async fn postgres_loads_a_repeated_message_id_once() {
     assert_eq!(r[0].get::<_, i64>(0), 1);
 }
 
+/// `users` over several loads: an identify newer than the user's history changes only the
+/// traits it has (the others keep their value), one that arrives late (older `timestamp`)
+/// changes only the traits no newer identify has, and a new user gets its row.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_users_keep_the_latest_traits_across_loads() {
+    let (url, pg) = fresh_database("users").await;
+    let weir = Weir::start(&config(
+        &postgres_warehouse(&url, "flush_interval_ms = 100"),
+        "",
+    ));
+    let identify = |id: &str, user: &str, traits: Value, ts: &str| {
+        json!({"type": "identify", "messageId": id, "userId": user, "traits": traits,
+            "timestamp": ts})
+    };
+    let user = |id: &'static str| {
+        let pg = &pg;
+        async move {
+            let r = pg_rows(
+                pg,
+                &format!(
+                    // As JSON: `company` is not a column until an identify has one.
+                    "SELECT j->>'plan', j->>'email', j->>'company', to_char(received_at, 'YYYY') \
+                     FROM (SELECT to_jsonb(u) AS j, received_at FROM web.users u WHERE id = '{id}') r"
+                ),
+            )
+            .await;
+            assert_eq!(r.len(), 1, "one users row for {id}");
+            let cell = |i| r[0].get::<_, Option<String>>(i);
+            (cell(0), cell(1), cell(2), cell(3))
+        }
+    };
+    let s = |v: &str| Some(v.to_owned());
+    let year = s(&time::OffsetDateTime::now_utc().year().to_string());
+
+    send(
+        &weir,
+        vec![identify(
+            "i1",
+            "u1",
+            json!({"plan": "free", "email": "ann@example.com"}),
+            "2024-05-01T00:00:00Z",
+        )],
+    )
+    .await;
+    wait_pg(&pg, "SELECT count(*) FROM web.identifies", 1).await;
+    assert_eq!(
+        user("u1").await,
+        (s("free"), s("ann@example.com"), None, year.clone())
+    );
+
+    // Newer: plan changes, email stays.
+    send(
+        &weir,
+        vec![identify(
+            "i2",
+            "u1",
+            json!({"plan": "pro"}),
+            "2024-05-03T00:00:00Z",
+        )],
+    )
+    .await;
+    wait_pg(&pg, "SELECT count(*) FROM web.identifies", 2).await;
+    assert_eq!(
+        user("u1").await,
+        (s("pro"), s("ann@example.com"), None, year.clone())
+    );
+
+    // Late: its plan is older than "pro" and loses; its company is the only one and counts.
+    send(
+        &weir,
+        vec![identify(
+            "i0",
+            "u1",
+            json!({"plan": "trial", "company": "acme"}),
+            "2024-04-01T00:00:00Z",
+        )],
+    )
+    .await;
+    wait_pg(&pg, "SELECT count(*) FROM web.identifies", 3).await;
+    assert_eq!(
+        user("u1").await,
+        (s("pro"), s("ann@example.com"), s("acme"), year.clone())
+    );
+
+    // Newer again, in one batch with a new user and a late one of the same user.
+    send(
+        &weir,
+        vec![
+            identify(
+                "i3",
+                "u1",
+                json!({"email": "ann@corp.example"}),
+                "2024-05-05T00:00:00Z",
+            ),
+            identify("i4", "u2", json!({"plan": "team"}), "2024-05-05T00:00:00Z"),
+            identify(
+                "i5",
+                "u2",
+                json!({"plan": "free", "company": "initech"}),
+                "2024-05-04T00:00:00Z",
+            ),
+        ],
+    )
+    .await;
+    wait_pg(&pg, "SELECT count(*) FROM web.identifies", 6).await;
+    assert_eq!(
+        user("u1").await,
+        (s("pro"), s("ann@corp.example"), s("acme"), year.clone())
+    );
+    assert_eq!(user("u2").await, (s("team"), None, s("initech"), year));
+    let r = pg_rows(&pg, "SELECT count(*) FROM web.users").await;
+    assert_eq!(r[0].get::<_, i64>(0), 2);
+}
+
 /// A TCP forwarder to PostgreSQL that can be switched off (connections refused) and on.
 struct Proxy {
     port: u16,

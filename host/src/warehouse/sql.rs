@@ -98,6 +98,45 @@ pub fn recompute_users(schema: &str, users: &TableLoad, affected: &str, now: &st
     ]
 }
 
+/// Upserts `users` rows given as one array parameter per column (`$1`, `$2`, ... in the
+/// order of `users.columns`, without `uuid_ts`, which is the statement's time): a trait the
+/// rows leave NULL keeps the value the table has (`users` module: the rows are newer than the
+/// user's history), `received_at` is the later of the two.
+pub fn upsert_users(d: &dyn Dialect, schema: &str, users: &TableLoad) -> String {
+    let users_t = qualified(schema, "users");
+    let mut cols = Vec::new();
+    let mut values = Vec::new();
+    let mut arrays = Vec::new();
+    let mut aliases = Vec::new();
+    let mut updates = Vec::new();
+    for (c, ty) in &users.columns {
+        let q = ident(c);
+        cols.push(q.clone());
+        if c == "uuid_ts" {
+            values.push("now()".to_owned());
+            updates.push(format!("{q} = EXCLUDED.{q}"));
+            continue;
+        }
+        arrays.push(format!("${}::{}[]", arrays.len() + 1, d.type_name(*ty)));
+        aliases.push(q.clone());
+        values.push(format!("u.{q}"));
+        match c.as_str() {
+            "id" => {}
+            "received_at" => updates.push(format!("{q} = GREATEST(t.{q}, EXCLUDED.{q})")),
+            _ => updates.push(format!("{q} = COALESCE(EXCLUDED.{q}, t.{q})")),
+        }
+    }
+    format!(
+        "INSERT INTO {users_t} AS t ({}) SELECT {} FROM unnest({}) AS u({}) \
+         ON CONFLICT (\"id\") DO UPDATE SET {}",
+        cols.join(", "),
+        values.join(", "),
+        arrays.join(", "),
+        aliases.join(", "),
+        updates.join(", ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
