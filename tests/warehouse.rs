@@ -584,83 +584,73 @@ async fn postgres_users_keep_the_latest_traits_across_loads() {
     };
     let s = |v: &str| Some(v.to_owned());
     let year = s(&time::OffsetDateTime::now_utc().year().to_string());
-
-    send(
-        &weir,
-        vec![identify(
-            "i1",
-            "u1",
-            json!({"plan": "free", "email": "ann@example.com"}),
-            "2024-05-01T00:00:00Z",
-        )],
-    )
-    .await;
-    wait_pg(&pg, "SELECT count(*) FROM web.identifies", 1).await;
-    assert_eq!(
-        user("u1").await,
-        (s("free"), s("ann@example.com"), None, year.clone())
-    );
-
-    // Newer: plan changes, email stays.
-    send(
-        &weir,
-        vec![identify(
-            "i2",
-            "u1",
-            json!({"plan": "pro"}),
-            "2024-05-03T00:00:00Z",
-        )],
-    )
-    .await;
-    wait_pg(&pg, "SELECT count(*) FROM web.identifies", 2).await;
-    assert_eq!(
-        user("u1").await,
-        (s("pro"), s("ann@example.com"), None, year.clone())
-    );
-
-    // Late: its plan is older than "pro" and loses; its company is the only one and counts.
-    send(
-        &weir,
-        vec![identify(
-            "i0",
-            "u1",
-            json!({"plan": "trial", "company": "acme"}),
-            "2024-04-01T00:00:00Z",
-        )],
-    )
-    .await;
-    wait_pg(&pg, "SELECT count(*) FROM web.identifies", 3).await;
-    assert_eq!(
-        user("u1").await,
-        (s("pro"), s("ann@example.com"), s("acme"), year.clone())
-    );
-
-    // Newer again, in one batch with a new user and a late one of the same user.
-    send(
-        &weir,
-        vec![
-            identify(
-                "i3",
+    // Each step one load: its identifies, then (user, plan, email, company) after it.
+    let steps = [
+        (
+            vec![identify(
+                "i1",
                 "u1",
-                json!({"email": "ann@corp.example"}),
-                "2024-05-05T00:00:00Z",
-            ),
-            identify("i4", "u2", json!({"plan": "team"}), "2024-05-05T00:00:00Z"),
-            identify(
-                "i5",
-                "u2",
-                json!({"plan": "free", "company": "initech"}),
-                "2024-05-04T00:00:00Z",
-            ),
-        ],
-    )
-    .await;
-    wait_pg(&pg, "SELECT count(*) FROM web.identifies", 6).await;
-    assert_eq!(
-        user("u1").await,
-        (s("pro"), s("ann@corp.example"), s("acme"), year.clone())
-    );
-    assert_eq!(user("u2").await, (s("team"), None, s("initech"), year));
+                json!({"plan": "free", "email": "ann@example.com"}),
+                "2024-05-01T00:00:00Z",
+            )],
+            vec![("u1", s("free"), s("ann@example.com"), None)],
+        ),
+        // Newer: plan changes, email stays.
+        (
+            vec![identify(
+                "i2",
+                "u1",
+                json!({"plan": "pro"}),
+                "2024-05-03T00:00:00Z",
+            )],
+            vec![("u1", s("pro"), s("ann@example.com"), None)],
+        ),
+        // Late: its plan is older than "pro" and loses; its company is the only one and counts.
+        (
+            vec![identify(
+                "i0",
+                "u1",
+                json!({"plan": "trial", "company": "acme"}),
+                "2024-04-01T00:00:00Z",
+            )],
+            vec![("u1", s("pro"), s("ann@example.com"), s("acme"))],
+        ),
+        // Newer again, in one batch with a new user and a late identify of that user.
+        (
+            vec![
+                identify(
+                    "i3",
+                    "u1",
+                    json!({"email": "ann@corp.example"}),
+                    "2024-05-05T00:00:00Z",
+                ),
+                identify("i4", "u2", json!({"plan": "team"}), "2024-05-05T00:00:00Z"),
+                identify(
+                    "i5",
+                    "u2",
+                    json!({"plan": "free", "company": "initech"}),
+                    "2024-05-04T00:00:00Z",
+                ),
+            ],
+            vec![
+                ("u1", s("pro"), s("ann@corp.example"), s("acme")),
+                ("u2", s("team"), None, s("initech")),
+            ],
+        ),
+    ];
+    let mut identifies = 0;
+    for (events, want) in steps {
+        identifies += events.len() as i64;
+        send(&weir, events).await;
+        wait_pg(&pg, "SELECT count(*) FROM web.identifies", identifies).await;
+        for (id, plan, email, company) in want {
+            assert_eq!(
+                user(id).await,
+                (plan, email, company, year.clone()),
+                "users row of {id} after {identifies} identifies"
+            );
+        }
+    }
     let r = pg_rows(&pg, "SELECT count(*) FROM web.users").await;
     assert_eq!(r[0].get::<_, i64>(0), 2);
 }
