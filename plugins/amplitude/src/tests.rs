@@ -1,5 +1,6 @@
 use weir_plugin::raw::RawEvent;
-use weir_plugin::serde_json::{self, Value, json};
+use weir_plugin::serde_json::{Value, json};
+use weir_plugin::testing::{self, json_body as body};
 use weir_plugin::{
     BuildOutput, Destination, EventVerdict, Header, Request, Response, Verdict, init_from_json,
 };
@@ -7,30 +8,11 @@ use weir_plugin::{
 use super::{Amplitude, EU_ENDPOINT, US_ENDPOINT};
 
 fn plugin(config: Value) -> Amplitude {
-    match init_from_json::<Amplitude>(&config.to_string()) {
-        Ok(plugin) => plugin,
-        Err(error) => panic!("init failed: {error}"),
-    }
+    testing::plugin(&config)
 }
 
-/// Runs `build` the way the component export does, on the JSON text of each value.
 fn build(plugin: &mut Amplitude, events: &[Value]) -> BuildOutput {
-    let raw = (0u64..)
-        .zip(events)
-        .map(|(offset, event)| RawEvent {
-            payload: event.to_string().into_bytes(),
-            source: "web".into(),
-            offset,
-        })
-        .collect();
-    plugin.build_raw(raw)
-}
-
-fn body(request: &Request) -> Value {
-    match serde_json::from_slice(&request.body) {
-        Ok(body) => body,
-        Err(error) => panic!("body is not JSON ({error}): {:?}", request.body),
-    }
+    testing::build(plugin, "web", events)
 }
 
 /// The one Amplitude event built for `event` (in a request of its own).

@@ -1,5 +1,5 @@
-use weir_plugin::raw::RawEvent;
-use weir_plugin::serde_json::{self, Value, json};
+use weir_plugin::serde_json::{Value, json};
+use weir_plugin::testing::{self, json_body as body};
 use weir_plugin::{
     BuildOutput, Destination, EventVerdict, Header, Request, Response, Verdict, init_from_json,
 };
@@ -7,10 +7,7 @@ use weir_plugin::{
 use super::{Mixpanel, insert_id};
 
 fn plugin(config: Value) -> Mixpanel {
-    match init_from_json::<Mixpanel>(&config.to_string()) {
-        Ok(plugin) => plugin,
-        Err(error) => panic!("init failed: {error}"),
-    }
+    testing::plugin(&config)
 }
 
 fn service_account() -> Value {
@@ -21,24 +18,8 @@ fn with_token() -> Value {
     json!({"api_secret": "aabbcc", "token": "tok3n"})
 }
 
-/// Runs `build` the way the component export does, on the JSON text of each value.
 fn build(plugin: &mut Mixpanel, events: &[Value]) -> BuildOutput {
-    let raw = (0u64..)
-        .zip(events)
-        .map(|(offset, event)| RawEvent {
-            payload: event.to_string().into_bytes(),
-            source: "web".into(),
-            offset,
-        })
-        .collect();
-    plugin.build_raw(raw)
-}
-
-fn body(request: &Request) -> Value {
-    match serde_json::from_slice(&request.body) {
-        Ok(body) => body,
-        Err(error) => panic!("body is not JSON ({error}): {:?}", request.body),
-    }
+    testing::build(plugin, "web", events)
 }
 
 /// The one record built for `event`.

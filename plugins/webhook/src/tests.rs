@@ -1,16 +1,12 @@
 use weir_plugin::raw::RawEvent;
 use weir_plugin::serde_json::{Value, json};
-use weir_plugin::{
-    BuildOutput, Destination, Header, Rejection, Request, Response, Verdict, init_from_json,
-};
+use weir_plugin::testing::{self, json_body as body};
+use weir_plugin::{BuildOutput, Destination, Header, Rejection, Response, Verdict, init_from_json};
 
 use super::Webhook;
 
 fn plugin(config: Value) -> Webhook {
-    match init_from_json::<Webhook>(&config.to_string()) {
-        Ok(plugin) => plugin,
-        Err(error) => panic!("init failed: {error}"),
-    }
+    testing::plugin(&config)
 }
 
 fn init_error(config: Value) -> String {
@@ -20,28 +16,12 @@ fn init_error(config: Value) -> String {
     }
 }
 
-/// Runs `build` the way the component export does, on the JSON text of each value.
 fn build(plugin: &mut Webhook, events: &[Value]) -> BuildOutput {
-    let raw = (0u64..)
-        .zip(events)
-        .map(|(offset, event)| RawEvent {
-            payload: event.to_string().into_bytes(),
-            source: "web".into(),
-            offset,
-        })
-        .collect();
-    plugin.build_raw(raw)
+    testing::build(plugin, "web", events)
 }
 
 fn track(n: u32) -> Value {
     json!({"type": "track", "event": "Clicked", "messageId": format!("m{n}"), "properties": {"n": n}})
-}
-
-fn body(request: &Request) -> Value {
-    match weir_plugin::serde_json::from_slice(&request.body) {
-        Ok(body) => body,
-        Err(error) => panic!("body is not JSON ({error}): {:?}", request.body),
-    }
 }
 
 fn headers(pairs: &[(&str, &str)]) -> Vec<Header> {

@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::destination::{BuildOutput, Destination, Request};
 use crate::plugin::{Filter, Plugin, Transform, init_from_json};
 use crate::raw::{RawEvent, RawOutcome};
 
@@ -266,6 +267,37 @@ fn matches(expected: &Expected, actual: &RawOutcome) -> bool {
 }
 
 pub use crate::event::json_eq;
+
+/// Plugin `P` made from `config` as the host's `init` makes it; panics with the init error.
+/// For a destination's unit tests (transforms and filters have fixtures).
+pub fn plugin<P: Plugin>(config: &Value) -> P {
+    match init_from_json::<P>(&config.to_string()) {
+        Ok(plugin) => plugin,
+        Err(error) => panic!("init failed: {error}"),
+    }
+}
+
+/// Runs destination `plugin`'s `build` the way the component export does: each value sent as
+/// its JSON text, from `source`, at offsets 0, 1, ...
+pub fn build<D: Destination>(plugin: &mut D, source: &str, events: &[Value]) -> BuildOutput {
+    let raw = (0u64..)
+        .zip(events)
+        .map(|(offset, event)| RawEvent {
+            payload: event.to_string().into_bytes(),
+            source: source.into(),
+            offset,
+        })
+        .collect();
+    plugin.build_raw(raw)
+}
+
+/// The body of `request` as JSON; panics when it is not JSON.
+pub fn json_body(request: &Request) -> Value {
+    match serde_json::from_slice(&request.body) {
+        Ok(body) => body,
+        Err(error) => panic!("body is not JSON ({error}): {:?}", request.body),
+    }
+}
 
 /// Runs every fixture of `dir` natively against transformer `P` and panics with a report of
 /// all failing cases. Meant for a plugin's unit tests:
