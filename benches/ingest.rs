@@ -26,9 +26,12 @@
 //! Other processes on the machine skew every figure; each run prints how many cores the rest of
 //! the machine used meanwhile, so a noisy run can be recognised and repeated.
 
+#[path = "common/serve.rs"]
+mod serve;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -700,39 +703,12 @@ write_keys = ["{WRITE_KEY}"]
 "#,
             data = dir.path().join("data").display().to_string()
         );
-        let config_path = dir.path().join("weir.toml");
-        std::fs::write(&config_path, config)?;
-        let stderr = std::fs::File::create(dir.path().join("weir.log"))?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env("WEIR_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .context("cannot start weir")?;
-        let lines = read_banner(&mut child, |l| l.trim_start().starts_with("data"));
-        let url = |name: &str| -> Option<SocketAddr> {
-            lines
-                .iter()
-                .find(|l| l.split_whitespace().next() == Some(name))?
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("http://"))?
-                .parse()
-                .ok()
-        };
-        let (Some(ingest), Some(admin)) = (url("ingest"), url("admin")) else {
-            let _ = child.kill();
-            let log = std::fs::read_to_string(dir.path().join("weir.log")).unwrap_or_default();
-            bail!("weir did not print its addresses; stdout: {lines:?}; stderr:\n{log}");
-        };
+        let started = serve::start(dir.path(), &config)?;
         Ok(Server {
             kind: ServerKind::Weir,
-            child: Some(child),
-            ingest,
-            admin: Some(admin),
+            child: Some(started.child),
+            ingest: started.ingest,
+            admin: Some(started.admin),
             dir: Some(dir),
         })
     }
@@ -746,7 +722,7 @@ write_keys = ["{WRITE_KEY}"]
             .stderr(Stdio::inherit())
             .spawn()
             .context("cannot start the bare server")?;
-        let lines = read_banner(&mut child, |l| l.starts_with("listening"));
+        let lines = serve::read_banner(&mut child, |l| l.starts_with("listening"));
         let addr = lines
             .last()
             .and_then(|l| l.strip_prefix("listening "))
@@ -810,26 +786,6 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
-}
-
-/// Reads the child's stdout until `last` matches a line (or it ends), then keeps draining it
-/// in a thread so the child never blocks on a full pipe.
-fn read_banner(child: &mut Child, last: impl Fn(&str) -> bool) -> Vec<String> {
-    let Some(stdout) = child.stdout.take() else {
-        return Vec::new();
-    };
-    let mut lines = BufReader::new(stdout).lines();
-    let mut seen = Vec::new();
-    for line in lines.by_ref() {
-        let Ok(line) = line else { break };
-        let done = last(&line);
-        seen.push(line);
-        if done {
-            break;
-        }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
-    seen
 }
 
 /// CPU time (user + system) a process used since this clock was made.

@@ -27,11 +27,13 @@
 //! Timings are wall clock on a shared machine: compare the ratios of one run, and repeat a run
 //! whose figures look off.
 
+#[path = "common/serve.rs"]
+mod serve;
+
 use std::hint::black_box;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, ExitCode};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -1024,47 +1026,11 @@ write_keys = ["{WRITE_KEY}"]
 "#,
                 data = dir.path().join("data").display().to_string()
             );
-            let config_path = dir.path().join("weir.toml");
-            std::fs::write(&config_path, config)?;
-            let stderr = std::fs::File::create(dir.path().join("weir.log"))?;
-            let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-                .arg("serve")
-                .arg("--config")
-                .arg(&config_path)
-                .env("WEIR_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::from(stderr))
-                .spawn()
-                .context("cannot start weir")?;
-            let stdout = child.stdout.take().context("weir's stdout")?;
-            let mut lines = BufReader::new(stdout).lines();
-            let mut banner = Vec::new();
-            for line in lines.by_ref() {
-                let line = line?;
-                let done = line.trim_start().starts_with("data");
-                banner.push(line);
-                if done {
-                    break;
-                }
-            }
-            // Keep draining stdout so weir never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            let url = |name: &str| -> Option<SocketAddr> {
-                banner
-                    .iter()
-                    .find(|l| l.split_whitespace().next() == Some(name))?
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("http://"))?
-                    .parse()
-                    .ok()
-            };
-            let (Some(ingest), Some(admin)) = (url("ingest"), url("admin")) else {
-                let _ = child.kill();
-                let _ = child.wait();
-                let log = std::fs::read_to_string(dir.path().join("weir.log")).unwrap_or_default();
-                bail!("weir did not print its addresses; stdout: {banner:?}; stderr:\n{log}");
-            };
+            let super::serve::Started {
+                child,
+                ingest,
+                admin,
+            } = super::serve::start(dir.path(), &config)?;
             Ok(Weir {
                 child,
                 ingest,

@@ -35,6 +35,8 @@
 //! Timings are wall clock on a shared machine: the run prints the load average before and after;
 //! compare the ratios of one run, and repeat a run whose figures look off.
 
+#[path = "common/processed_log.rs"]
+mod processed_log;
 #[path = "common/rng.rs"]
 mod rng;
 
@@ -976,19 +978,15 @@ mod workload {
 
     use std::collections::BTreeMap;
     use std::path::Path;
-    use std::sync::Arc;
     use std::time::Duration;
 
-    use anyhow::Context;
     use serde_json::{Value, json};
     use time::OffsetDateTime;
 
     use weir::event::json_string;
     use weir::gateway::normalize::{RequestContext, normalize};
     use weir::ids::{Offset, SourceId};
-    use weir::log::storage::FsStorage;
-    use weir::log::{EncodedRecord, Log, LogOptions, record};
-    use weir::telemetry::LogMetrics;
+    use weir::log::{EncodedRecord, Log, record};
     use weir::timestamp;
 
     /// Events per request, as an SDK batches them (they share `receivedAt` and `sentAt`).
@@ -1295,23 +1293,7 @@ mod workload {
     impl Workload {
         /// A processed log holding the workload, durable before any loader reads it.
         pub fn write_log(&self, dir: &Path) -> anyhow::Result<Log> {
-            let options = LogOptions {
-                segment_bytes: 64 << 20,
-                flush_interval: Duration::ZERO,
-                flush_bytes: 8 << 20,
-                max_bytes: u64::MAX,
-                queue_capacity: 1024,
-                preallocate_bytes: 0,
-            };
-            let log = Log::open(dir, Arc::new(FsStorage), &options, LogMetrics::detached())
-                .with_context(|| format!("cannot open a log in {}", dir.display()))?;
-            let appender = log.appender();
-            for chunk in self.records.chunks(1_000) {
-                appender
-                    .append_blocking(chunk.to_vec())
-                    .context("cannot append to the bench's log")?;
-            }
-            Ok(log)
+            super::processed_log::write(dir, &self.records)
         }
     }
 }
