@@ -37,10 +37,13 @@ pub fn ddl(d: &dyn Dialect, schema: &str, table: &str, t: &TableLoad) -> Vec<Str
             "CREATE TABLE IF NOT EXISTS {name} ({})",
             cols.join(", ")
         ));
+        // `users` comes from a user's identifies: the loader asks whether the user has one as
+        // new as the batch's (a probe of this index, however long the user's history: apps
+        // often identify on every page load) and recomputes from them (its `user_id` prefix).
         if table == "identifies" && d.primary_keys() {
             out.push(format!(
-                "CREATE INDEX IF NOT EXISTS {} ON {name} (\"user_id\")",
-                ident(&format!("{table}_user_id_idx"))
+                "CREATE INDEX IF NOT EXISTS {} ON {name} (\"user_id\", \"timestamp\")",
+                ident(&format!("{table}_user_id_timestamp_idx"))
             ));
         }
     }
