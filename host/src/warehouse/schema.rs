@@ -805,6 +805,32 @@ mod tests {
     }
 
     #[test]
+    fn nested_names_are_prefixed_and_snake_cased() {
+        let (load, _) = map(&[json!({"type": "page", "messageId": "p1",
+            "context": {"2FA": true, "Page": {"URL Path": "/x"}, "!!": 3, "userAgent": "ua"},
+            "properties": {"orderId": 7}})]);
+        let pages = &load.tables["pages"];
+        assert_eq!(col(pages, 0, "context__2fa"), &Cell::Bool(true));
+        assert_eq!(
+            col(pages, 0, "context_page_url_path"),
+            &Cell::Text("/x".into())
+        );
+        assert_eq!(
+            col(pages, 0, "context_user_agent"),
+            &Cell::Text("ua".into())
+        );
+        assert_eq!(col(pages, 0, "order_id"), &Cell::Int(7));
+        assert!(
+            !pages
+                .columns
+                .iter()
+                .any(|(c, _)| c == "context" || c == "context_"),
+            "a key with no letter or digit gives no column: {:?}",
+            pages.columns
+        );
+    }
+
+    #[test]
     fn a_track_lands_in_tracks_and_its_event_table() {
         let (load, _) = map(&[
             json!({"type": "track", "event": "Order Completed", "messageId": "m1",
