@@ -655,6 +655,38 @@ async fn postgres_users_keep_the_latest_traits_across_loads() {
     assert_eq!(r[0].get::<_, i64>(0), 2);
 }
 
+/// The COPY encoder refuses a row whose cells are not of their columns' types (a mapper bug)
+/// instead of writing a string's bytes into a bigint column: the load fails and writes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_copy_refuses_cells_of_the_wrong_type() {
+    use weir::warehouse::postgres::copy_rows;
+    use weir::warehouse::schema::{Cell, ColumnType};
+    let (_, mut pg) = fresh_database("copy_types").await;
+    pg.batch_execute("CREATE TABLE t (a text, b bigint)")
+        .await
+        .unwrap();
+    let columns = [
+        ("a".to_owned(), ColumnType::Text),
+        ("b".to_owned(), ColumnType::Int),
+    ];
+    let good = vec![Cell::Text("x".into()), Cell::Int(1)];
+    // Eight bytes of text would pass for a bigint if written as they are.
+    let bad = vec![Cell::Text("y".into()), Cell::Text("abcdefgh".into())];
+    let tx = pg.transaction().await.unwrap();
+    let result = copy_rows(&tx, "t", &columns, [&good, &bad]).await;
+    assert!(result.is_err(), "the COPY went through: {result:?}");
+    drop(tx);
+    let tx = pg.transaction().await.unwrap();
+    assert_eq!(copy_rows(&tx, "t", &columns, [&good]).await.unwrap(), 1);
+    tx.commit().await.unwrap();
+    let r = pg_rows(&pg, "SELECT a, b FROM t").await;
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        (r[0].get::<_, String>(0), r[0].get::<_, i64>(1)),
+        ("x".into(), 1)
+    );
+}
+
 /// A TCP forwarder to PostgreSQL that can be switched off (connections refused) and on.
 struct Proxy {
     port: u16,

@@ -284,8 +284,8 @@ async fn users_newer_than_their_history(
     if ids.is_empty() {
         return Ok(HashSet::new());
     }
-    // One probe of the `user_id` index per user, stopping at its first identify as new as the
-    // batch's oldest: no sort, and new users cost a single index lookup.
+    // One probe per user of the index on `(user_id, timestamp)` (`sql::ddl`): no sort, and no
+    // read of the user's older identifies however many there are.
     let rows = tx
         .query(
             &format!(
