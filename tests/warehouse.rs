@@ -655,6 +655,79 @@ async fn postgres_users_keep_the_latest_traits_across_loads() {
     assert_eq!(r[0].get::<_, i64>(0), 2);
 }
 
+/// Whatever order identifies arrive in, over many loads, `users` holds what a recompute of
+/// every user from all of `identifies` gives (the loader upserts most users from their batch
+/// and recomputes the ones with late identifies; both must agree).
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_users_match_a_full_recompute_after_loads_in_any_order() {
+    let (url, pg) = fresh_database("users_random").await;
+    let weir = Weir::start(&config(
+        &postgres_warehouse(&url, "flush_interval_ms = 100"),
+        "",
+    ));
+    // splitmix64: the same events every run.
+    let mut state = 0x5eed_u64;
+    let mut next = move |n: u64| {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % n
+    };
+    let base = time::OffsetDateTime::UNIX_EPOCH + Duration::from_secs(1_714_521_600);
+    let mut sent = 0i64;
+    for round in 0..6u64 {
+        let events: Vec<Value> = (0..40u64)
+            .map(|i| {
+                let n = round * 40 + i;
+                // Mostly later than the rounds before, a quarter up to ten rounds' worth
+                // earlier; every timestamp distinct (a tie has no single latest value).
+                let late = if next(4) == 0 { next(10) * 40 } else { 0 };
+                let at = base + Duration::from_secs((n + 400 - late) * 60 + n % 60);
+                let mut traits = serde_json::Map::new();
+                if round == 0 || next(2) == 0 {
+                    traits.insert(
+                        "plan".into(),
+                        json!(["free", "pro", "team"][next(3) as usize]),
+                    );
+                }
+                if round == 0 || next(3) == 0 {
+                    traits.insert("email".into(), json!(format!("e{n}@example.com")));
+                }
+                if round == 0 || next(3) == 0 {
+                    traits.insert("age".into(), json!(18 + next(60)));
+                }
+                json!({"type": "identify", "messageId": format!("r{n}"),
+                    "userId": format!("u{}", next(12)), "traits": traits,
+                    "timestamp": weir::timestamp::format(at)})
+            })
+            .collect();
+        sent += events.len() as i64;
+        send(&weir, events).await;
+        wait_pg(&pg, "SELECT count(*) FROM web.identifies", sent).await;
+        let latest = |c: &str| {
+            format!(
+                "(array_agg({c} ORDER BY \"timestamp\" DESC) FILTER (WHERE {c} IS NOT NULL))[1]"
+            )
+        };
+        let expected = format!(
+            "SELECT user_id, {}, {}, {} FROM web.identifies GROUP BY user_id",
+            latest("plan"),
+            latest("email"),
+            latest("age")
+        );
+        let actual = "SELECT id, plan, email, age FROM web.users";
+        for (a, b) in [(&expected[..], actual), (actual, &expected[..])] {
+            let r = pg_rows(&pg, &format!("SELECT count(*) FROM ({a} EXCEPT {b}) d")).await;
+            assert_eq!(
+                r[0].get::<_, i64>(0),
+                0,
+                "after round {round}, rows of one not in the other:\n{a}\nEXCEPT\n{b}"
+            );
+        }
+    }
+}
+
 /// The COPY encoder refuses a row whose cells are not of their columns' types (a mapper bug)
 /// instead of writing a string's bytes into a bigint column: the load fails and writes nothing.
 #[tokio::test(flavor = "multi_thread")]
