@@ -57,6 +57,14 @@ fn postgres_warehouse(url: &str, settings: &str) -> String {
     )
 }
 
+/// weir with the PostgreSQL warehouse `pg` (`settings`) over a fresh database (`tag`), its
+/// source `web` with `source` (TOML lines), and a client of that database.
+async fn start_with_postgres(tag: &str, settings: &str, source: &str) -> (Weir, Client) {
+    let (url, pg) = fresh_database(tag).await;
+    let weir = Weir::start(&config(&postgres_warehouse(&url, settings), source));
+    (weir, pg)
+}
+
 /// A DuckDB warehouse `wh` (the file `wh.duckdb` in the data dir) taking source `web`, with
 /// `settings` (TOML lines).
 fn duckdb_warehouse(settings: &str) -> String {
@@ -128,11 +136,7 @@ async fn wait_pg(c: &Client, sql: &str, want: i64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_gets_the_segment_layout() {
-    let (url, pg) = fresh_database("layout").await;
-    let weir = Weir::start(&config(
-        &postgres_warehouse(&url, "flush_interval_ms = 200"),
-        "",
-    ));
+    let (weir, pg) = start_with_postgres("layout", "flush_interval_ms = 200", "").await;
     send(&weir, every_type()).await;
     wait_pg(&pg, "SELECT count(*) FROM web.tracks", 2).await;
 
@@ -259,11 +263,7 @@ async fn postgres_gets_the_segment_layout() {
 /// identifies.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dbt_style_query_returns_the_expected_numbers() {
-    let (url, pg) = fresh_database("dbt").await;
-    let weir = Weir::start(&config(
-        &postgres_warehouse(&url, "flush_interval_ms = 200"),
-        "",
-    ));
+    let (weir, pg) = start_with_postgres("dbt", "flush_interval_ms = 200", "").await;
     send(&weir, every_type()).await;
     wait_pg(&pg, "SELECT count(*) FROM web.identifies", 3).await;
     let rows = pg_rows(
@@ -294,11 +294,8 @@ async fn a_dbt_style_query_returns_the_expected_numbers() {
 /// SIGKILL while loading, restart: every event is in its table exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_mid_load_neither_loses_nor_duplicates() {
-    let (url, pg) = fresh_database("crash").await;
-    let mut weir = Weir::start(&config(
-        &postgres_warehouse(&url, "flush_interval_ms = 50\nflush_events = 40"),
-        "",
-    ));
+    let (mut weir, pg) =
+        start_with_postgres("crash", "flush_interval_ms = 50\nflush_events = 40", "").await;
     let mut ids = Vec::new();
     for n in 0..40 {
         let batch: Vec<Value> = (0..25)
@@ -515,11 +512,12 @@ async fn duckdb_survives_a_crash_and_knows_its_ids_after_a_restart() {
 /// that are new, and those rows still arrive.
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_loads_a_repeated_message_id_once() {
-    let (url, pg) = fresh_database("repeats").await;
-    let weir = Weir::start(&config(
-        &postgres_warehouse(&url, "flush_interval_ms = 100"),
+    let (weir, pg) = start_with_postgres(
+        "repeats",
+        "flush_interval_ms = 100",
         "dedupe = { window_secs = 0 }",
-    ));
+    )
+    .await;
     send(&weir, every_type()).await;
     wait_pg(&pg, "SELECT count(*) FROM web.tracks", 2).await;
     // t1 and i1 again, in one batch with a new track and a new identify.
@@ -556,11 +554,7 @@ async fn postgres_loads_a_repeated_message_id_once() {
 /// changes only the traits no newer identify has, and a new user gets its row.
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_users_keep_the_latest_traits_across_loads() {
-    let (url, pg) = fresh_database("users").await;
-    let weir = Weir::start(&config(
-        &postgres_warehouse(&url, "flush_interval_ms = 100"),
-        "",
-    ));
+    let (weir, pg) = start_with_postgres("users", "flush_interval_ms = 100", "").await;
     let identify = |id: &str, user: &str, traits: Value, ts: &str| {
         json!({"type": "identify", "messageId": id, "userId": user, "traits": traits,
             "timestamp": ts})
@@ -660,11 +654,7 @@ async fn postgres_users_keep_the_latest_traits_across_loads() {
 /// and recomputes the ones with late identifies; both must agree).
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_users_match_a_full_recompute_after_loads_in_any_order() {
-    let (url, pg) = fresh_database("users_random").await;
-    let weir = Weir::start(&config(
-        &postgres_warehouse(&url, "flush_interval_ms = 100"),
-        "",
-    ));
+    let (weir, pg) = start_with_postgres("users_random", "flush_interval_ms = 100", "").await;
     // splitmix64: the same events every run.
     let mut state = 0x5eed_u64;
     let mut next = move |n: u64| {
