@@ -718,6 +718,60 @@ async fn postgres_users_match_a_full_recompute_after_loads_in_any_order() {
     }
 }
 
+/// A NUL character (`\u0000`, valid JSON) in a property, an id or a user id does not stop the
+/// warehouse: PostgreSQL text cannot hold it, so it is dropped from the string, and the events
+/// after it load too. DuckDB gets the same values.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nul_character_in_a_string_does_not_stop_the_load() {
+    let (url, pg) = fresh_database("nul").await;
+    let both = format!(
+        "{}{}",
+        postgres_warehouse(&url, "flush_interval_ms = 100"),
+        duckdb_warehouse("flush_interval_ms = 100")
+    );
+    let weir = Weir::start(&config(&both, ""));
+    send(
+        &weir,
+        vec![
+            json!({"type": "track", "messageId": "t\u{0}1", "userId": "u\u{0}1", "event": "Clicked",
+                "properties": {"note": "a\u{0}b", "list": ["x\u{0}y"]}}),
+            json!({"type": "identify", "messageId": "i1", "userId": "u\u{0}1",
+                "traits": {"name": "Ann\u{0}"}}),
+        ],
+    )
+    .await;
+    send(
+        &weir,
+        vec![json!({"type": "track", "messageId": "t2", "userId": "u2", "event": "Clicked"})],
+    )
+    .await;
+    wait_pg(&pg, "SELECT count(*) FROM web.clicked", 2).await;
+    let r = pg_rows(
+        &pg,
+        "SELECT id, user_id, note, list FROM web.clicked WHERE id <> 't2'",
+    )
+    .await;
+    let text = |i| r[0].get::<_, String>(i);
+    assert_eq!(
+        (text(0), text(1), text(2)),
+        ("t1".into(), "u1".into(), "ab".into())
+    );
+    assert_eq!(text(3), r#"["xy"]"#);
+    let u = pg_rows(&pg, "SELECT id, name FROM web.users").await;
+    assert_eq!(
+        (u[0].get::<_, String>(0), u[0].get::<_, String>(1)),
+        ("u1".into(), "Ann".into())
+    );
+    let file = weir.data_dir().join("wh.duckdb");
+    let notes = duckdb_texts(
+        &weir,
+        &file,
+        "SELECT note FROM web.clicked WHERE note IS NOT NULL",
+        1,
+    );
+    assert_eq!(notes, ["ab"]);
+}
+
 /// The COPY encoder refuses a row whose cells are not of their columns' types (a mapper bug)
 /// instead of writing a string's bytes into a bigint column: the load fails and writes nothing.
 #[tokio::test(flavor = "multi_thread")]

@@ -90,6 +90,17 @@ impl<'de: 'a, 'a> Deserialize<'de> for Json<'a> {
 
 struct JsonVisitor;
 
+/// A string as the warehouse keeps it: without NUL characters (`\u0000`, valid in JSON), which
+/// PostgreSQL text cannot hold: one would fail the whole load, and every load after it. Only a
+/// string with escapes can hold one (JSON has no raw control characters), and only those come
+/// here unescaped; a borrowed string is never checked.
+fn without_nul(mut s: String) -> String {
+    if s.contains('\0') {
+        s.retain(|c| c != '\0');
+    }
+    s
+}
+
 impl<'de> Visitor<'de> for JsonVisitor {
     type Value = Json<'de>;
 
@@ -126,11 +137,11 @@ impl<'de> Visitor<'de> for JsonVisitor {
     }
 
     fn visit_str<E>(self, s: &str) -> Result<Json<'de>, E> {
-        Ok(Json::String(Cow::Owned(s.to_owned())))
+        Ok(Json::String(Cow::Owned(without_nul(s.to_owned()))))
     }
 
     fn visit_string<E>(self, s: String) -> Result<Json<'de>, E> {
-        Ok(Json::String(Cow::Owned(s)))
+        Ok(Json::String(Cow::Owned(without_nul(s))))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json<'de>, A::Error> {
@@ -153,6 +164,17 @@ impl<'de> Visitor<'de> for JsonVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_characters_are_dropped_from_strings() {
+        let text = br#"{"a":"x\u0000y","b":["\u0000"],"c":"plain"}"#;
+        let Json::Object(fields) = Json::parse(text).unwrap() else {
+            panic!("not an object")
+        };
+        assert_eq!(fields[0].1, Json::string("xy"));
+        assert_eq!(fields[1].1, Json::Array(vec![Json::string("")]));
+        assert_eq!(fields[2].1, Json::string("plain"));
+    }
 
     #[test]
     fn strings_without_escapes_are_borrowed_and_text_matches_serde_json() {
