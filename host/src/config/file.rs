@@ -591,6 +591,21 @@ fn warehouse(
             "flush_interval_ms and flush_events must be > 0, max_tables > 0 and max_columns >= 20",
         );
     }
+    // A source's rows go into the database schema named after it: PostgreSQL reserves `pg_*`
+    // and `information_schema` (DuckDB has `pg_catalog` and `information_schema` as system
+    // schemas too), and a load into one would fail every time.
+    for (i, source) in spec.sources.iter().enumerate() {
+        let schema = crate::warehouse::schema_name(source);
+        if schema.starts_with("pg_") || schema == "information_schema" {
+            r.problem(
+                format!("{path}.sources[{i}]"),
+                format!(
+                    "source `{source}` would load into schema `{schema}`, a name reserved for \
+                     system schemas (`pg_*`, `information_schema`); give the source another name"
+                ),
+            );
+        }
+    }
     if matches!(spec.engine, Engine::Postgres { .. }) && spec.max_columns > 1_600 {
         r.problem(
             format!("{path}.max_columns"),
@@ -963,6 +978,15 @@ mod tests {
     }
 
     const MINIMAL: &str = "[[sources]]\nname = \"web\"\nwrite_keys = [\"k1\"]\n";
+
+    #[test]
+    fn a_source_whose_schema_postgresql_reserves_is_refused() {
+        let text = "[[sources]]\nname = \"PG Catalog\"\nwrite_keys = [\"k1\"]\n\
+            [[warehouses]]\nname = \"wh\"\nengine = \"duckdb\"\nsources = [\"PG Catalog\"]\n";
+        let p = problems(text);
+        assert_eq!(p[0].path, "warehouses[0].sources[0]", "{p:?}");
+        assert!(p[0].message.contains("`pg_catalog`"), "{p:?}");
+    }
 
     #[test]
     fn minimal_config_gets_defaults() {
