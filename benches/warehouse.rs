@@ -55,9 +55,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use weir::warehouse::json::{Json, Object};
 
+use weir::config::DlqConfig;
+use weir::dlq::Dlq;
 use weir::ids::{ConsumerId, Offset, SourceId};
 use weir::log::storage::FsStorage;
-use weir::log::{Log, LogReader, OffsetStore, Record, RecordKind};
+use weir::log::{Log, LogOptions, LogReader, OffsetStore, Record, RecordKind};
 use weir::telemetry::{Metrics, WarehouseLabels};
 use weir::timestamp;
 use weir::warehouse::schema::{Caps, Catalog, Mapper, SchemaLoad};
@@ -420,7 +422,25 @@ fn end_to_end(
         metrics: metrics.warehouses.clone(),
         data_dir: dir.to_owned(),
         filters: Vec::new(),
-        dlq: None,
+        dlq: Arc::new(
+            Dlq::open(
+                dir,
+                "warehouse:bench",
+                Arc::new(FsStorage),
+                &LogOptions {
+                    segment_bytes: 8 << 20,
+                    flush_interval: Duration::ZERO,
+                    flush_bytes: 1 << 20,
+                    max_bytes: 1 << 30,
+                    queue_capacity: 64,
+                    preallocate_bytes: 0,
+                },
+                DlqConfig::default(),
+                metrics.log("dlq"),
+                metrics.dlq.clone(),
+            )
+            .context("cannot open the dead-letter queue")?,
+        ),
     }
     .spawn(stop.clone())
     .context("cannot start the warehouse loader")?;

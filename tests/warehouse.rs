@@ -772,6 +772,55 @@ async fn a_nul_character_in_a_string_does_not_stop_the_load() {
     assert_eq!(notes, ["ab"]);
 }
 
+/// An event PostgreSQL refuses (900 properties: a row over its 8 KB limit) does not stop the
+/// warehouse: it goes to the warehouse's dead-letter queue with the reason, and the events
+/// around it, in its batch and after it, load.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_the_warehouse_refuses_is_dead_lettered_and_the_rest_loads() {
+    let (weir, pg) = start_with_postgres("refused", "flush_interval_ms = 100", "").await;
+    let wide: serde_json::Map<String, Value> = (0..900)
+        .map(|i| (format!("p{i}"), json!("abcdefghij")))
+        .collect();
+    let track = |id: &str, properties: Value| {
+        json!({"type": "track", "messageId": id, "userId": "u1", "event": "Clicked",
+            "properties": properties})
+    };
+    send(
+        &weir,
+        vec![
+            track("a", json!({"n": 1})),
+            track("wide", Value::Object(wide)),
+            track("b", json!({"n": 2})),
+        ],
+    )
+    .await;
+    wait_pg(&pg, "SELECT count(*) FROM web.clicked", 2).await;
+    send(&weir, vec![track("c", json!({"n": 3}))]).await;
+    wait_pg(&pg, "SELECT count(*) FROM web.clicked", 3).await;
+    let ids: Vec<String> = pg_rows(&pg, "SELECT id FROM web.clicked ORDER BY id")
+        .await
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    let r = pg_rows(&pg, "SELECT count(*) FROM web.tracks").await;
+    assert_eq!(
+        r[0].get::<_, i64>(0),
+        3,
+        "no row of the refused event anywhere"
+    );
+    let entries = eventually(Duration::from_secs(10), || {
+        let e = support::dlq_list(&weir);
+        (!e.is_empty()).then_some(e)
+    })
+    .expect("a dead letter");
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["entry"]["stage"], "warehouse:pg");
+    assert_eq!(entries[0]["entry"]["event"]["messageId"], "wide");
+    let error = entries[0]["entry"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("row is too big"), "{error}");
+}
+
 /// The COPY encoder refuses a row whose cells are not of their columns' types (a mapper bug)
 /// instead of writing a string's bytes into a bigint column: the load fails and writes nothing.
 #[tokio::test(flavor = "multi_thread")]

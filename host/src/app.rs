@@ -321,13 +321,9 @@ impl App {
                 .iter()
                 .map(|name| registry.get(name).cloned())
                 .collect::<Result<Vec<_>, _>>()?;
-            let dlq = if filters.is_empty() {
-                None
-            } else {
-                let dlq = open_dlq(&config, &storage, &metrics, &spec.stage())?;
-                dlqs.insert(spec.stage(), dlq.clone());
-                Some(dlq)
-            };
+            // Events a filter fails, and events the warehouse refuses a value of.
+            let dlq = open_dlq(&config, &storage, &metrics, &spec.stage())?;
+            dlqs.insert(spec.stage(), dlq.clone());
             threads.push(
                 WarehouseLoader {
                     spec: spec.clone(),

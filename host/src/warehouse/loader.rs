@@ -21,6 +21,11 @@ pub enum WarehouseError {
     /// The warehouse refused the load.
     #[error("the load failed: {0}")]
     Load(String),
+    /// The warehouse refused the load for a value in it (one it cannot store, a row over its
+    /// size limit): retrying the same rows fails the same way, so the loader finds the events
+    /// at fault by loading the batch in parts (`WarehouseLoader::isolate`).
+    #[error("the warehouse refused a value: {0}")]
+    Refused(String),
 }
 
 /// What a load wrote.

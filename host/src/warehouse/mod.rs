@@ -119,9 +119,10 @@ pub struct WarehouseLoader {
     pub offsets: Arc<OffsetStore>,
     pub metrics: Arc<WarehouseMetrics>,
     pub data_dir: PathBuf,
-    /// The warehouse's own filter chain, and the queue for events a filter fails on.
+    /// The warehouse's own filter chain.
     pub filters: Vec<Arc<PluginSlot>>,
-    pub dlq: Option<Arc<Dlq>>,
+    /// Events a filter fails, and events the warehouse refuses a value of.
+    pub dlq: Arc<Dlq>,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -157,8 +158,16 @@ impl WarehouseLoader {
         };
         let mut backoff = Duration::from_millis(200);
         while !stop.load(Ordering::Acquire) {
-            match self.session(loader.as_mut(), stop) {
-                Ok(()) => return,
+            let result = match self.session(loader.as_mut(), stop) {
+                Err(WarehouseError::Refused(reason)) => {
+                    tracing::warn!(warehouse = %self.spec.name, %reason, "the warehouse refused a value; finding the events at fault");
+                    self.isolate(loader.as_mut()).map(|()| false)
+                }
+                other => other.map(|()| true),
+            };
+            match result {
+                Ok(true) => return,
+                Ok(false) => backoff = Duration::from_millis(200),
                 Err(e) => {
                     self.metrics.failures.get_or_create(&self.labels()).inc();
                     tracing::warn!(
@@ -179,20 +188,7 @@ impl WarehouseLoader {
     fn session(&self, loader: &mut dyn Loader, stop: &AtomicBool) -> Result<(), WarehouseError> {
         let (mut catalog, committed) = loader.open(&self.spec.schemas())?;
         let consumer = self.spec.consumer();
-        let oldest = self.oldest();
-        // The warehouse's own record wins; a warehouse that never loaded starts where the
-        // router placed it when it was added (see `app`).
-        let start = match committed {
-            Some(o) => o,
-            None => self
-                .offsets
-                .load(&consumer)
-                .ok()
-                .flatten()
-                .unwrap_or(oldest),
-        }
-        .max(oldest);
-        let mut reader = self.log.reader(start);
+        let mut reader = self.log.reader(self.start(committed));
         // Two stages on two threads, so that mapping the next batch overlaps loading this one
         // (on 2 cores, the warehouse's own work and ours): a batch is prepared (read, filtered,
         // mapped) while the one before it loads. Loads stay one at a time and in log order, each
@@ -298,13 +294,7 @@ impl WarehouseLoader {
             })
             .collect();
         let (events, dead) = self.filter(mine);
-        if let Some(dlq) = &self.dlq
-            && !dead.is_empty()
-        {
-            dlq.push_blocking(&dead).map_err(|e| {
-                WarehouseError::Load(format!("cannot write the dead-letter queue: {e}"))
-            })?;
-        }
+        self.dead_letter(&dead)?;
         let loads = self.map(catalog, &events);
         Ok(Some(Prepared {
             loads,
@@ -315,6 +305,107 @@ impl WarehouseLoader {
 
     fn oldest(&self) -> Offset {
         self.log.oldest()
+    }
+
+    /// Makes `dead` durable in the warehouse's dead-letter queue.
+    fn dead_letter(&self, dead: &[DeadLetter]) -> Result<(), WarehouseError> {
+        if dead.is_empty() {
+            return Ok(());
+        }
+        self.dlq
+            .push_blocking(dead)
+            .map_err(|e| WarehouseError::Load(format!("cannot write the dead-letter queue: {e}")))
+    }
+
+    /// Where loading resumes: the warehouse's own record wins; a warehouse that never loaded
+    /// starts where the router placed it when it was added (see `app`).
+    fn start(&self, committed: Option<Offset>) -> Offset {
+        match committed {
+            Some(o) => o,
+            None => self
+                .offsets
+                .load(&self.spec.consumer())
+                .ok()
+                .flatten()
+                .unwrap_or(self.oldest()),
+        }
+        .max(self.oldest())
+    }
+
+    /// After the warehouse refused a load for a value in it (`WarehouseError::Refused`):
+    /// loads the next batch in halves, down to single events, dead-letters each event refused
+    /// on its own (with the warehouse's reason), and records the offset after the batch. Every
+    /// part is a load of its own that leaves the recorded offset where it was, so a crash
+    /// in between loads the batch again from the start (rows dedupe on `id`); the dead letters
+    /// are durable before the offset moves past them.
+    fn isolate(&self, loader: &mut dyn Loader) -> Result<(), WarehouseError> {
+        let (_, committed) = loader.open(&self.spec.schemas())?;
+        let start = self.start(committed);
+        let mut reader = self.log.reader(start);
+        let records = reader
+            .read_batch(self.spec.flush_events)
+            .map_err(|e| WarehouseError::Load(format!("reading the processed log: {e}")))?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let next = reader.position();
+        let mine: Vec<&Record> = records
+            .iter()
+            .filter(|r| {
+                r.meta.kind == RecordKind::Event && self.spec.sources.contains(&r.meta.source)
+            })
+            .collect();
+        let (events, mut dead) = self.filter(mine);
+        let filtered = dead.len();
+        self.bisect(loader, &events, start, &mut dead)?;
+        self.dead_letter(&dead)?;
+        loader.load(&[], next)?;
+        if let Err(e) = self.offsets.commit(&self.spec.consumer(), next) {
+            tracing::warn!(error = %e, "cannot record the warehouse's offset for retention");
+        }
+        tracing::warn!(
+            warehouse = %self.spec.name,
+            refused = dead.len() - filtered,
+            "the warehouse refused events; they are in its dead-letter queue, the rest is loaded"
+        );
+        Ok(())
+    }
+
+    /// Loads `events` (recording offset `at`, unchanged), in halves when the warehouse refuses
+    /// a value; an event refused on its own goes to `dead`.
+    fn bisect(
+        &self,
+        loader: &mut dyn Loader,
+        events: &[(&Record, Bytes)],
+        at: Offset,
+        dead: &mut Vec<DeadLetter>,
+    ) -> Result<(), WarehouseError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        // Opened again for every part: the catalog must not hold the tables and columns of a
+        // part the warehouse rolled back.
+        let (mut catalog, _) = loader.open(&self.spec.schemas())?;
+        let loads = self.map(&mut catalog, events);
+        match loader.load(&loads, at) {
+            Ok(_) => Ok(()),
+            Err(WarehouseError::Refused(reason)) if events.len() == 1 => {
+                let (record, _) = &events[0];
+                dead.push(DeadLetter::new(
+                    &self.spec.stage(),
+                    record,
+                    None,
+                    &format!("the warehouse refused it: {reason}"),
+                ));
+                Ok(())
+            }
+            Err(WarehouseError::Refused(_)) => {
+                let (a, b) = events.split_at(events.len() / 2);
+                self.bisect(loader, a, at, dead)?;
+                self.bisect(loader, b, at, dead)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads until `flush_events` records or `flush_interval` after the first; returns the

@@ -80,8 +80,16 @@ pub struct PostgresLoader {
 }
 
 fn err(e: tokio_postgres::Error) -> WarehouseError {
+    let class = e.code().map(|c| &c.code()[..2]);
     if e.is_closed() || e.as_db_error().is_none() {
         WarehouseError::Unavailable(e.to_string())
+    } else if matches!(class, Some("22" | "54")) {
+        // Data exceptions (a value the column cannot take) and program limits (a row over
+        // 8 KB): about the rows, not the warehouse.
+        let detail = e
+            .as_db_error()
+            .map_or_else(|| e.to_string(), |d| d.message().to_owned());
+        WarehouseError::Refused(detail)
     } else {
         WarehouseError::Load(e.to_string())
     }
