@@ -355,40 +355,44 @@ impl WarehouseLoader {
                 r.meta.kind == RecordKind::Event && self.spec.sources.contains(&r.meta.source)
             })
             .collect();
+        // The filters run again: an event a filter failed in the refused batch may be
+        // dead-lettered a second time (at least once, like every dead letter).
         let (events, mut dead) = self.filter(mine);
         let filtered = dead.len();
-        self.bisect(loader, &events, start, &mut dead)?;
+        let rows = self.bisect(loader, &events, start, &mut dead)?;
         self.dead_letter(&dead)?;
         loader.load(&[], next)?;
         if let Err(e) = self.offsets.commit(&self.spec.consumer(), next) {
             tracing::warn!(error = %e, "cannot record the warehouse's offset for retention");
         }
+        self.metrics.rows.get_or_create(&self.labels()).inc_by(rows);
         tracing::warn!(
             warehouse = %self.spec.name,
             refused = dead.len() - filtered,
-            "the warehouse refused events; they are in its dead-letter queue, the rest is loaded"
+            rows,
+            "events the warehouse refused on their own are in its dead-letter queue; the rest of the batch is loaded"
         );
         Ok(())
     }
 
     /// Loads `events` (recording offset `at`, unchanged), in halves when the warehouse refuses
-    /// a value; an event refused on its own goes to `dead`.
+    /// a value; an event refused on its own goes to `dead`. Returns the rows loaded.
     fn bisect(
         &self,
         loader: &mut dyn Loader,
         events: &[(&Record, Bytes)],
         at: Offset,
         dead: &mut Vec<DeadLetter>,
-    ) -> Result<(), WarehouseError> {
+    ) -> Result<u64, WarehouseError> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         // Opened again for every part: the catalog must not hold the tables and columns of a
         // part the warehouse rolled back.
         let (mut catalog, _) = loader.open(&self.spec.schemas())?;
         let loads = self.map(&mut catalog, events);
         match loader.load(&loads, at) {
-            Ok(_) => Ok(()),
+            Ok(stats) => Ok(stats.rows),
             Err(WarehouseError::Refused(reason)) if events.len() == 1 => {
                 let (record, _) = &events[0];
                 dead.push(DeadLetter::new(
@@ -397,12 +401,11 @@ impl WarehouseLoader {
                     None,
                     &format!("the warehouse refused it: {reason}"),
                 ));
-                Ok(())
+                Ok(0)
             }
             Err(WarehouseError::Refused(_)) => {
                 let (a, b) = events.split_at(events.len() / 2);
-                self.bisect(loader, a, at, dead)?;
-                self.bisect(loader, b, at, dead)
+                Ok(self.bisect(loader, a, at, dead)? + self.bisect(loader, b, at, dead)?)
             }
             Err(e) => Err(e),
         }
