@@ -116,7 +116,7 @@ pub fn row_ids(t: &TableLoad) -> Vec<&str> {
 
 /// The ids of `rows`, rows of `t`.
 pub fn ids_of<'r>(t: &TableLoad, rows: impl IntoIterator<Item = &'r Vec<Cell>>) -> Vec<&'r str> {
-    let Some(at) = t.columns.iter().position(|(c, _)| c == "id") else {
+    let Some(at) = t.column_index("id") else {
         return Vec::new();
     };
     rows.into_iter()
@@ -128,7 +128,7 @@ pub fn ids_of<'r>(t: &TableLoad, rows: impl IntoIterator<Item = &'r Vec<Cell>>) 
 /// the batch: what `INSERT ... ON CONFLICT ("id") DO NOTHING` would insert. Rows without an
 /// id are kept, for the engine to accept or refuse.
 pub fn fresh_rows<'t>(t: &'t TableLoad, present: &HashSet<String>) -> Vec<&'t Vec<Cell>> {
-    let Some(at) = t.columns.iter().position(|(c, _)| c == "id") else {
+    let Some(at) = t.column_index("id") else {
         return t.rows.iter().collect();
     };
     let mut seen: HashSet<&str> = HashSet::with_capacity(t.rows.len());

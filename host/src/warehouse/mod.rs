@@ -286,13 +286,7 @@ impl WarehouseLoader {
         let (records, next) = self.collect(reader, stop)?;
         let Some(next) = next else { return Ok(None) };
         let started = Instant::now();
-        // A warehouse takes a handful of sources: a scan of the list is all it needs.
-        let mine: Vec<&Record> = records
-            .iter()
-            .filter(|r| {
-                r.meta.kind == RecordKind::Event && self.spec.sources.contains(&r.meta.source)
-            })
-            .collect();
+        let mine = self.mine(&records);
         let (events, dead) = self.filter(mine);
         self.dead_letter(&dead)?;
         let loads = self.map(catalog, &events);
@@ -301,6 +295,17 @@ impl WarehouseLoader {
             next,
             started,
         }))
+    }
+
+    /// The events of `records` from the sources this warehouse takes.
+    fn mine<'r>(&self, records: &'r [Record]) -> Vec<&'r Record> {
+        // A warehouse takes a handful of sources: a scan of the list is all it needs.
+        records
+            .iter()
+            .filter(|r| {
+                r.meta.kind == RecordKind::Event && self.spec.sources.contains(&r.meta.source)
+            })
+            .collect()
     }
 
     fn oldest(&self) -> Offset {
@@ -349,12 +354,7 @@ impl WarehouseLoader {
             return Ok(());
         }
         let next = reader.position();
-        let mine: Vec<&Record> = records
-            .iter()
-            .filter(|r| {
-                r.meta.kind == RecordKind::Event && self.spec.sources.contains(&r.meta.source)
-            })
-            .collect();
+        let mine = self.mine(&records);
         // The filters run again: an event a filter failed in the refused batch may be
         // dead-lettered a second time (at least once, like every dead letter).
         let (events, mut dead) = self.filter(mine);

@@ -281,6 +281,12 @@ impl TableLoad {
         }
     }
 
+    /// The position of column `name`, by a scan of `columns` (for the loaders, a few lookups
+    /// per table; the mapper's per-value lookups use `position`).
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|(c, _)| c == name)
+    }
+
     /// The position of column `name`.
     fn position(&mut self, name: &str) -> Option<usize> {
         if self.positions.len() != self.columns.len() {

@@ -37,10 +37,6 @@ struct Layout {
     source: Vec<Option<usize>>,
 }
 
-fn position(t: &TableLoad, name: &str) -> Option<usize> {
-    t.columns.iter().position(|(c, _)| c == name)
-}
-
 impl Layout {
     /// `None` when `identifies` lacks a column the ranking needs, or gives a trait in another
     /// type than `users` holds it (then only the recompute can say what the row is).
@@ -49,7 +45,7 @@ impl Layout {
         for (c, ty) in &users.columns {
             source.push(match c.as_str() {
                 "id" | "uuid_ts" => None,
-                _ => match position(identifies, c) {
+                _ => match identifies.column_index(c) {
                     Some(i) if identifies.columns[i].1 == *ty => Some(i),
                     Some(_) => return None,
                     None => None,
@@ -57,9 +53,9 @@ impl Layout {
             });
         }
         Some(Layout {
-            user_id: position(identifies, "user_id")?,
-            timestamp: position(identifies, "timestamp")?,
-            received_at: position(identifies, "received_at")?,
+            user_id: identifies.column_index("user_id")?,
+            timestamp: identifies.column_index("timestamp")?,
+            received_at: identifies.column_index("received_at")?,
             source,
         })
     }
@@ -110,13 +106,9 @@ impl BatchUsers {
                 continue;
             }
             rows.sort_by(|a, b| rank(a, b, &layout));
-            let first_timestamp = rows
-                .iter()
-                .map(|r| time_at(r, layout.timestamp))
-                .try_fold(None::<OffsetDateTime>, |min, t| {
-                    t.map(|t| Some(min.map_or(t, |m| m.min(t))))
-                })
-                .flatten();
+            // Newest first with a missing time last: the last row has the earliest
+            // `timestamp`, or none when any row lacks one.
+            let first_timestamp = rows.last().and_then(|r| time_at(r, layout.timestamp));
             let cells = (users.columns.iter().zip(&layout.source))
                 .map(|((c, _), source)| match (c.as_str(), source) {
                     ("id", _) => Cell::Text(user.clone()),
